@@ -1,0 +1,43 @@
+# Two commands matter: `make serve` (the service on the bundled model) and `make test` (the whole suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+MODEL ?= models/ptb-small
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PTB_DATA_DIR ?= ../shared/data/ptb
+export PTB_DATA_DIR
+
+.PHONY: install serve test lint format train-small eval-small clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned exactly: the CPU build; a looser request can pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+serve: install
+	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check lm trainer service tests
+	$(VENV)/bin/ruff format --check lm trainer service tests
+
+format: install
+	$(VENV)/bin/ruff format lm trainer service tests
+	$(VENV)/bin/ruff check --fix lm trainer service tests
+
+train-small: install
+	$(PY) -m trainer train --config small --data-dir $(PTB_DATA_DIR) --out models/ptb-small
+
+eval-small: install
+	$(PY) -m trainer eval --model models/ptb-small --data-dir $(PTB_DATA_DIR) --split all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

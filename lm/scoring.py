@@ -1,0 +1,110 @@
+"""Exact, batched, bounded-memory scoring with a trained model.
+
+Sequences of different lengths are right-padded into one batch; the LSTM is causal, so padding after a
+sequence's end cannot change any of its results. Long batches are fed in chunks of time steps with the state
+carried, so memory is bounded by `max_chunk_tokens` whatever the length, and the answer equals one pass.
+The log-softmax is always computed in float32, whatever dtype the model runs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from lm.model import LSTMLanguageModel
+
+DEFAULT_MAX_CHUNK_TOKENS = 8192
+
+
+def _chunks(
+    model: LSTMLanguageModel, sequences: Sequence[Sequence[int]], max_chunk_tokens: int
+) -> Iterator[tuple[int, Tensor, Tensor, list[int]]]:
+    """Run the LSTM over the sequences; yield (start, ids (B, T_all), features (b, t, H), order) per chunk.
+
+    Rows are sorted longest first (`order[i]` is the input index of row i), and a row leaves the batch once
+    its sequence has ended, so late chunks carry only the long sequences.
+    """
+    device = model.embedding.weight.device
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    lengths = [len(sequences[i]) for i in order]
+    batch, longest = len(order), lengths[0]
+    ids = torch.zeros(batch, longest, dtype=torch.long)
+    for row, i in enumerate(order):
+        ids[row, : lengths[row]] = torch.as_tensor(sequences[i], dtype=torch.long)
+    ids = ids.to(device)
+    state = None
+    start = 0
+    while start < longest:
+        active = sum(1 for n in lengths if n > start)  # a prefix of the rows: they are sorted
+        step = max(1, max_chunk_tokens // active)
+        if state is not None and state[0].shape[1] != active:
+            state = (state[0][:, :active].contiguous(), state[1][:, :active].contiguous())
+        feats, state = model.features(ids[:active, start : start + step], state)
+        yield start, ids, feats, order
+        start += step
+
+
+@torch.inference_mode()
+def token_logprobs(
+    model: LSTMLanguageModel,
+    sequences: Sequence[Sequence[int]],
+    max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
+) -> list[Tensor]:
+    """For each sequence s, the natural-log probabilities log p(s[t+1] | s[:t+1]) for t = 0 .. len(s) - 2.
+
+    Every sequence needs at least one token; the first token is context only (e.g. the priming `<eos>`).
+    Returns float32 CPU tensors of length len(s) - 1, in input order.
+    """
+    if not sequences:
+        return []
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("every sequence needs at least one token")
+    out: list[list[Tensor]] = [[] for _ in sequences]
+    for start, ids, feats, order in _chunks(model, sequences, max_chunk_tokens):
+        b, t = feats.shape[:2]
+        targets = ids[:b, start + 1 : start + 1 + t]  # (b, t') with t' = t, or t - 1 at the very end
+        t_pred = targets.shape[1]
+        logits = model.decoder(feats[:, :t_pred]).float()  # (b, t', V)
+        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        lp = lp.cpu()
+        for row in range(b):
+            i = order[row]
+            n = min(t_pred, len(sequences[i]) - 1 - start)
+            if n > 0:
+                out[i].append(lp[row, :n])
+    return [torch.cat(parts) if parts else torch.zeros(0) for parts in out]
+
+
+@torch.inference_mode()
+def next_token_logprobs(
+    model: LSTMLanguageModel,
+    sequences: Sequence[Sequence[int]],
+    max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
+) -> Tensor:
+    """For each sequence, the float32 log-distribution (V,) of the token that follows it: returns (B, V)."""
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("every sequence needs at least one token")
+    last: list[Tensor | None] = [None] * len(sequences)
+    for start, _ids, feats, order in _chunks(model, sequences, max_chunk_tokens):
+        b, t = feats.shape[:2]
+        for row in range(b):
+            i = order[row]
+            pos = len(sequences[i]) - 1 - start
+            if 0 <= pos < t:
+                last[i] = feats[row, pos]
+    h = torch.stack(last)  # (B, H)
+    return torch.log_softmax(model.decoder(h).float(), dim=-1).cpu()
+
+
+def stream_nll(
+    model: LSTMLanguageModel, ids: Sequence[int] | Tensor, max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS
+) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) and prediction count of one stream, state carried throughout.
+
+    Every token after the first is predicted once: the evaluation of DESIGN.md.
+    """
+    seq = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    lp = token_logprobs(model, [seq], max_chunk_tokens)[0]
+    return -lp.double().sum().item(), lp.numel()

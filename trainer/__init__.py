@@ -1,0 +1,1 @@
+"""Offline trainer: PTB download and batching, Zaremba's configs, training loop, evaluation, CLI."""

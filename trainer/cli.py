@@ -1,0 +1,120 @@
+"""Command line: `python -m trainer {download,train,eval}` (also installed as `lm-trainer`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.vocab import VocabularyError
+from trainer.configs import CONFIGS, get_config
+from trainer.data import SPLITS, default_data_dir
+from trainer.errors import TrainerError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("download", help="fetch, verify and extract the PTB data (Mikolov's simple-examples)")
+    d.add_argument("--out", type=Path, default=default_data_dir(), help="where to put ptb.{train,valid,test}.txt")
+    d.add_argument("--url", default=None, help="archive URL (default: Mikolov's simple-examples.tgz)")
+    d.add_argument("--sha256", default=None, help="expected sha256 of the archive itself, if you have one")
+
+    t = sub.add_parser("train", help="train a configuration and keep its best-by-validation checkpoint")
+    t.add_argument("--config", required=True, help=f"one of: {', '.join(CONFIGS)}")
+    t.add_argument("--data-dir", type=Path, default=default_data_dir(), help="PTB directory ($PTB_DATA_DIR)")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
+    t.add_argument("--dry-run", action="store_true", help="one window of training, short evaluation")
+    t.add_argument("--train-tokens", type=int, default=None, help="train on the first N tokens only")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+
+    e = sub.add_parser("eval", help="perplexity of a PTB split, or per-sentence scores of a text file")
+    e.add_argument("--model", type=Path, required=True, help="checkpoint directory")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--split", choices=[*SPLITS, "all"], default=None, help="PTB split (default: test)")
+    src.add_argument("--text", type=Path, default=None, help="a text file, one sentence per line")
+    e.add_argument("--data-dir", type=Path, default=default_data_dir(), help="PTB directory ($PTB_DATA_DIR)")
+    e.add_argument("--per-sentence", action="store_true", help="with --text: one line per sentence")
+    e.add_argument("--format", choices=["text", "jsonl"], default="text", help="with --text: output format")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    return p
+
+
+def _download(args: argparse.Namespace) -> None:
+    from trainer.download import DEFAULT_URL, download_ptb
+
+    paths = download_ptb(args.out, url=args.url or DEFAULT_URL, archive_sha256=args.sha256)
+    for path in paths:
+        print(path)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from trainer.train import RunOptions, train
+
+    config = get_config(args.config)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise TrainerError("--max-epochs must be at least 1")
+    opts = RunOptions(
+        data_dir=args.data_dir,
+        out=args.out,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        dry_run=args.dry_run,
+        train_tokens=args.train_tokens,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    try:
+        train(config, opts)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: the current epoch is lost, finished epochs are kept in {args.out}; continue with:\n"
+            f"  python -m trainer train --config {args.config} --data-dir {args.data_dir} --out {args.out} --resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from trainer.evaluate import evaluate_split, score_file
+    from trainer.train import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(args.model)
+    ckpt.model.to(resolve_device(args.device))
+    if args.text is not None:
+        score_file(ckpt, args.text, args.per_sentence, args.format, progress=args.progress)
+        return
+    splits = SPLITS if args.split == "all" else [args.split or "test"]
+    for split in splits:
+        r = evaluate_split(ckpt, args.data_dir, split)
+        print(
+            f"{split}: perplexity {r.perplexity:.3f} over {r.predictions:,} predictions"
+            f" ({r.nll_nats / r.predictions:.4f} nats/prediction)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"download": _download, "train": _train, "eval": _eval}[args.command](args)
+    except (TrainerError, CheckpointError, VocabularyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

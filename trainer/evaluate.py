@@ -1,0 +1,155 @@
+"""Evaluation: stream perplexity of a PTB split, and per-sentence scoring of a text file (like `ngram -ppl`).
+
+python -m trainer eval --model models/ptb-small --data-dir ../shared/data/ptb --split test
+python -m trainer eval --model models/ptb-small --text sentences.txt --per-sentence
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from lm.checkpoint import Checkpoint
+from lm.scoring import stream_nll, token_logprobs
+from lm.vocab import EOS
+from trainer.data import encode_split, split_path
+from trainer.errors import TrainerError
+
+LN10 = math.log(10)
+
+
+@dataclass
+class SplitResult:
+    split: str
+    perplexity: float
+    nll_nats: float
+    predictions: int
+
+
+def evaluate_split(ckpt: Checkpoint, data_dir: str | Path, split: str) -> SplitResult:
+    """Perplexity of a split as one stream, state carried from the first token to the last (DESIGN.md)."""
+    ids = encode_split(split_path(data_dir, split), ckpt.vocab)
+    nll, n = stream_nll(ckpt.model, ids.to(ckpt.model.embedding.weight.device))
+    return SplitResult(split, math.exp(nll / n), nll, n)
+
+
+@dataclass
+class SentenceScore:
+    text: str
+    tokens: list[str]  # as the model saw them, the priming <eos> excluded, the final <eos> included
+    oov: list[str]
+    logprob: float  # natural log
+    num_tokens: int  # predictions
+
+    @property
+    def log10prob(self) -> float:
+        return self.logprob / LN10
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.logprob / self.num_tokens)
+
+
+def score_lines(
+    ckpt: Checkpoint,
+    lines: Iterable[str],
+    tokenize: Callable[[str], list[str]] = str.split,
+    batch_size: int = 64,
+) -> Iterator[SentenceScore]:
+    """Score each non-empty line as a sentence: `<eos>`-primed, every word and the final `<eos>` predicted."""
+    vocab = ckpt.vocab
+    pending: list[tuple[str, list[str]]] = []
+
+    def flush() -> Iterator[SentenceScore]:
+        seqs = [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for _, words in pending]
+        for (text, words), lp in zip(pending, token_logprobs(ckpt.model, seqs), strict=True):
+            oov = [w for w in words if w not in vocab]
+            tokens = [w if w in vocab else vocab.itos[vocab.unk_id] for w in words] + [EOS]
+            yield SentenceScore(text, tokens, oov, float(lp.double().sum()), lp.numel())
+        pending.clear()
+
+    for line in lines:
+        text = line.rstrip("\n")
+        words = tokenize(text)
+        if not words:
+            continue
+        pending.append((text, words))
+        if len(pending) >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def score_file(
+    ckpt: Checkpoint,
+    path: Path,
+    per_sentence: bool,
+    fmt: str = "text",
+    tokenize: Callable[[str], list[str]] = str.split,
+    out: TextIO = sys.stdout,
+    progress: bool | None = None,
+) -> dict:
+    """Score every line of `path`; print one line per sentence if asked, then a summary. Returns the summary."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainerError(f"{path}: cannot read ({e})") from None
+    sentences = words = oovs = predictions = 0
+    logprob = 0.0
+    bar = tqdm(total=len(lines), unit="line", disable=(not progress) if progress is not None else None, leave=False)
+    for s in score_lines(ckpt, lines, tokenize):
+        bar.update(1)
+        sentences += 1
+        words += len(s.tokens) - 1
+        oovs += len(s.oov)
+        predictions += s.num_tokens
+        logprob += s.logprob
+        if per_sentence:
+            if fmt == "jsonl":
+                row = {
+                    "text": s.text,
+                    "num_tokens": s.num_tokens,
+                    "num_oov": len(s.oov),
+                    "oov": s.oov,
+                    "logprob": s.logprob,
+                    "log10prob": s.log10prob,
+                    "perplexity": s.perplexity,
+                }
+                print(json.dumps(row), file=out)
+            else:
+                print(
+                    f"logprob {s.logprob:10.3f}  log10prob {s.log10prob:9.3f}  ppl {s.perplexity:9.2f}"
+                    f"  tokens {s.num_tokens:3d}  oov {len(s.oov):2d}  {s.text}",
+                    file=out,
+                )
+    bar.close()
+    if sentences == 0:
+        raise TrainerError(f"{path}: no sentences (every line is empty)")
+    summary = {
+        "file": str(path),
+        "sentences": sentences,
+        "words": words,
+        "oov": oovs,
+        "num_tokens": predictions,
+        "logprob": logprob,
+        "log10prob": logprob / LN10,
+        "perplexity": math.exp(-logprob / predictions),
+    }
+    if fmt == "jsonl":
+        print(json.dumps({"summary": summary}), file=out)
+    else:
+        print(
+            f"file {path}: {sentences:,} sentences, {words:,} words, {oovs:,} OOVs (scored as <unk>)\n"
+            f"logprob {logprob:.3f}  log10prob {logprob / LN10:.3f}  predictions {predictions:,}"
+            f"  ppl {summary['perplexity']:.3f}",
+            file=out,
+        )
+    return summary
