@@ -1,0 +1,1 @@
+"""Online scoring service: settings, schemas, batching engine, scoring, metrics and the FastAPI app."""

@@ -1,0 +1,58 @@
+"""Run the service: `python -m service --model models/ptb-small --host 0.0.0.0 --port 8000`.
+
+Flags override the `LMSERVE_*` environment variables of the same names; with `--workers N` each worker
+process loads its own copy of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import uvicorn
+
+from lm.checkpoint import CheckpointError, read_config
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="checkpoint directory (LMSERVE_MODEL)")
+    p.add_argument("--host", help="bind address (LMSERVE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (LMSERVE_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (LMSERVE_WORKERS, default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="LMSERVE_DEVICE")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="LMSERVE_DTYPE")
+    p.add_argument("--max-batch-sequences", type=int, help="LMSERVE_MAX_BATCH_SEQUENCES")
+    p.add_argument("--max-wait-ms", type=float, help="LMSERVE_MAX_WAIT_MS")
+    p.add_argument("--log-level", help="LMSERVE_LOG_LEVEL")
+    args = p.parse_args(argv)
+    for name, value in vars(args).items():
+        if value is not None:
+            os.environ[f"LMSERVE_{name.upper()}"] = str(value)
+    try:
+        settings = Settings()
+    except ValueError as e:
+        print(f"error: invalid settings: {e}", file=sys.stderr)
+        return 2
+    try:
+        read_config(settings.model)  # fail fast with one line, before uvicorn starts
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

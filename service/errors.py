@@ -1,0 +1,80 @@
+"""One error type, one JSON envelope: `{"error": {"code", "message", "details"}}` for every non-2xx answer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("service")
+
+
+class APIError(Exception):
+    """An answer other than 2xx: status, a stable machine-readable code, a message for people, details."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+
+
+def error_response(status: int, code: str, message: str, details: Any = None, headers: dict | None = None):
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _jsonable_errors(errors: list[dict]) -> list[dict]:
+    """FastAPI's validation errors, reduced to what a client can use (no echo of huge inputs, no objects)."""
+    out = []
+    for e in errors:
+        item = {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
+        out.append(item)
+    return out
+
+
+def install_error_handlers(app: FastAPI, on_reject=None) -> None:
+    """Route every error through the envelope; `on_reject(request, status, code)` counts them."""
+
+    def _count(request: Request, status: int, code: str) -> None:
+        if on_reject is not None:
+            on_reject(request, status, code)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        _count(request, exc.status, exc.code)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = _jsonable_errors(exc.errors())
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request", "type": None}
+        _count(request, 422, "invalid_request")
+        if first["type"] == "json_invalid":
+            where = first["loc"][-1] if first["loc"] else "?"
+            return error_response(422, "invalid_json", f"the body is not valid JSON (error at character {where})")
+        where = ".".join(p for p in first["loc"] if p != "body") or "body"
+        return error_response(422, "invalid_request", f"{where}: {first['msg']}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        _count(request, exc.status_code, code)
+        return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        _count(request, 500, "internal_error")
+        return error_response(500, "internal_error", "internal error; the details are in the server log")

@@ -1,0 +1,73 @@
+"""Prometheus metrics (DESIGN.md's names), one registry per app so that several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+# Doubling from 0.25 ms to ~4 s: LSTM inference and batching delay live in the first few milliseconds,
+# where the default buckets (5 ms, 10 ms, ...) see nothing.
+DURATION_BUCKETS = tuple(0.00025 * 2**k for k in range(15))
+SIZE_BUCKETS = tuple(float(2**k) for k in range(11))  # 1 .. 1024 sequences
+TOKEN_BUCKETS = tuple(float(2**k) for k in range(4, 19))  # 16 .. 262144 padded tokens
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric the service exports; `render()` gives the Prometheus text format."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        p = "lmserve_"
+        self.requests = Counter(p + "requests", "HTTP requests answered", ["endpoint", "code"], registry=r)
+        self.request_duration = Histogram(
+            p + "request_duration_seconds",
+            "Time to answer a request",
+            ["endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            p + "requests_rejected",
+            "Requests refused (queue_full, timeout, too_long, bad_request)",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.queue_size = Gauge(p + "queue_size", "Sequences waiting for a forward pass", registry=r)
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds", "Time a sequence waited in the queue", buckets=DURATION_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(p + "batch_size", "Sequences per forward pass", buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            p + "batch_tokens", "Padded tokens (rows x longest) per forward pass", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.batch_duration = Histogram(
+            p + "batch_inference_duration_seconds", "Time of one forward pass", buckets=DURATION_BUCKETS, registry=r
+        )
+        self.batches = Counter(p + "batches", "Forward passes, by what closed the batch", ["trigger"], registry=r)
+        self.tokens_scored = Counter(p + "tokens_scored", "Predictions made", ["endpoint"], registry=r)
+        self.oov_tokens = Counter(p + "oov_tokens", "Input words scored as <unk>", registry=r)
+        self.nll = Counter(
+            p + "scored_nll_nats",
+            "Sum of -log p over /score predictions; live perplexity = exp(rate(this) / rate(tokens_scored))",
+            registry=r,
+        )
+        self.model_info = Gauge(p + "model_info", "The model being served", ["model", "device", "dtype"], registry=r)
+        for trigger in ("full", "timeout"):
+            self.batches.labels(trigger)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

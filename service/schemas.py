@@ -1,0 +1,120 @@
+"""Request and response bodies (pydantic v2). Requests are strict: unknown fields and wrong types are 422.
+
+Static bounds here are hard ceilings; the serving limits (settings) are checked in `service.scoring` before
+anything is queued, so that each can be tuned without a code change and names itself when exceeded.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HARD_MAX_ITEMS = 100_000
+HARD_MAX_CHARS = 10_000_000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ScoreRequest(_Request):
+    text: str | None = Field(None, max_length=HARD_MAX_CHARS, description="one sentence to score")
+    sentences: list[str] | None = Field(
+        None, max_length=HARD_MAX_ITEMS, description="several sentences, each scored on its own (one result each)"
+    )
+    normalize: bool = Field(True, description="apply PTB normalisation (lower-case, numbers -> N, ...)")
+    add_eos: bool = Field(True, description="also predict the end of the sentence (<eos>)")
+    per_token: bool = Field(False, description="return each token's log-probability")
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "The company said profits rose 5% to $30 million."},
+                {"sentences": ["the stock market rose", "the stock market sang"], "per_token": True},
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScoreRequest:
+        if (self.text is None) == (self.sentences is None):
+            raise ValueError("give exactly one of `text` or `sentences`")
+        return self
+
+
+class NextWordRequest(_Request):
+    prefix: str | None = Field(None, max_length=HARD_MAX_CHARS, description="text so far; empty = sentence start")
+    prefixes: list[str] | None = Field(None, max_length=HARD_MAX_ITEMS, description="several prefixes at once")
+    top_k: int = Field(10, ge=1, le=HARD_MAX_ITEMS, description="how many of the most probable next words")
+    candidates: list[str] | None = Field(
+        None, max_length=HARD_MAX_ITEMS, description="words whose probability and rank are wanted"
+    )
+    normalize: bool = Field(True, description="apply PTB normalisation to the prefix and the candidates")
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"prefix": "the stock market", "top_k": 5},
+                {"prefix": "", "top_k": 3, "candidates": ["the", "but", "zebra"]},
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NextWordRequest:
+        if (self.prefix is None) == (self.prefixes is None):
+            raise ValueError("give exactly one of `prefix` or `prefixes`")
+        return self
+
+
+class SentenceScore(BaseModel):
+    text: str = Field(description="the sentence as sent")
+    tokens: list[str] = Field(description="the tokens as the model saw them, OOVs as <unk>, the final <eos> included")
+    token_logprobs: list[float] | None = Field(
+        None, description="natural-log probability of each token in `tokens` (only with per_token)"
+    )
+    oov: list[str] = Field(description="input words (after normalisation) that were scored as <unk>")
+    num_tokens: int = Field(description="number of predictions (len(tokens))")
+    num_oov: int
+    logprob: float = Field(description="sum of the predictions' log-probabilities, natural log (nats)")
+    log10prob: float = Field(description="the same sum in log base 10, as KenLM and SRILM report it")
+    perplexity: float = Field(description="exp(-logprob / num_tokens)")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    results: list[SentenceScore]
+
+
+class WordProb(BaseModel):
+    word: str
+    prob: float | None = Field(description="probability of this word next (None for a word outside the vocabulary)")
+    logprob: float | None = Field(description="natural log of prob")
+    rank: int | None = Field(description="1 = the most probable next word")
+    oov: bool = Field(False, description="true when the word is not in the vocabulary")
+
+
+class NextWordResult(BaseModel):
+    prefix: str
+    tokens: list[str] = Field(description="the prefix as the model saw it, after the priming <eos>")
+    oov: list[str]
+    top_k: list[WordProb] = Field(description="most probable next words, most probable first")
+    candidates: list[WordProb] | None = None
+
+
+class NextWordResponse(BaseModel):
+    model: str
+    results: list[NextWordResult]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: object | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

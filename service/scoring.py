@@ -1,0 +1,177 @@
+"""From requests to token ids and back: normalisation, limits, the model runner, and the response bodies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lm.checkpoint import Checkpoint
+from lm.normalize import PTBNormalizer, whitespace_tokens
+from lm.scoring import next_token_logprobs, token_logprobs
+from lm.vocab import EOS, UNK
+from service.engine import WorkItem
+from service.errors import APIError
+from service.schemas import NextWordResult, SentenceScore, WordProb
+from service.settings import Settings
+
+LN10 = math.log(10)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinity: reported as an error, never returned as a number."""
+
+
+class ModelRunner:
+    """The checkpoint on its device and dtype; `run(items)` is the engine's forward pass."""
+
+    def __init__(self, ckpt: Checkpoint, settings: Settings) -> None:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.ckpt = ckpt
+        self.vocab = ckpt.vocab
+        self.device = _device(settings.device)
+        self.dtype = DTYPES[settings.dtype]
+        self.dtype_name = settings.dtype
+        self.model = ckpt.model.to(self.device, self.dtype).eval()
+        self.max_chunk_tokens = settings.max_chunk_tokens
+
+    def run(self, items: list[WorkItem]) -> list[Tensor]:
+        results: list[Tensor | None] = [None] * len(items)
+        for kind, fn in (("score", token_logprobs), ("next", next_token_logprobs)):
+            idx = [i for i, it in enumerate(items) if it.kind == kind]
+            if idx:
+                out = fn(self.model, [items[i].ids for i in idx], self.max_chunk_tokens)
+                for i, t in zip(idx, out, strict=True):
+                    results[i] = t
+        for t in results:
+            if t is not None and not torch.isfinite(t).all():
+                raise NonFiniteOutputError("the model produced a non-finite log-probability")
+        return results  # type: ignore[return-value]
+
+    def warmup(self) -> None:
+        """One pass of each kind, so the first request does not pay for lazy initialisation."""
+        eos = self.vocab.eos_id
+        token_logprobs(self.model, [[eos, eos, eos]], self.max_chunk_tokens)
+        next_token_logprobs(self.model, [[eos]], self.max_chunk_tokens)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("LMSERVE_DEVICE=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class Prepared:
+    """One sentence or prefix, ready for the model."""
+
+    text: str
+    tokens: list[str]  # as the model sees them (OOVs as <unk>), after the priming <eos>
+    oov: list[str]
+    ids: list[int]  # priming <eos> first
+
+
+class Preparer:
+    """Normalises text and enforces the per-sentence limits before anything is queued."""
+
+    def __init__(self, ckpt: Checkpoint, settings: Settings) -> None:
+        self.vocab = ckpt.vocab
+        self.normalizer = PTBNormalizer(ckpt.vocab)
+        self.settings = settings
+
+    def check_count(self, n: int, what: str) -> None:
+        limit = self.settings.max_sentences
+        if n > limit:
+            raise limit_error("max_sentences", f"{n} {what} in one request; at most {limit}", n, limit)
+        if n == 0:
+            raise APIError(422, "invalid_request", f"`{what}` is empty: give at least one")
+
+    def words(self, text: str, normalize: bool, what: str) -> list[str]:
+        limit = self.settings.max_chars
+        if len(text) > limit:
+            raise limit_error("max_chars", f"a {what} of {len(text):,} characters; at most {limit:,}", len(text), limit)
+        if "\x00" in text:
+            raise APIError(422, "invalid_request", f"the {what} contains a NUL character")
+        words = self.normalizer(text) if normalize else whitespace_tokens(text)
+        if len(words) > self.settings.max_tokens:
+            raise limit_error(
+                "max_tokens",
+                f"a {what} of {len(words):,} tokens; at most {self.settings.max_tokens:,}",
+                len(words),
+                self.settings.max_tokens,
+            )
+        return words
+
+    def sentence(self, text: str, normalize: bool, add_eos: bool) -> Prepared:
+        words = self.words(text, normalize, "sentence")
+        if not words and not add_eos:
+            raise APIError(
+                422,
+                "empty_sentence",
+                "nothing to score: the sentence has no words and add_eos is false",
+                {"text": text},
+            )
+        oov = [w for w in words if w not in self.vocab]
+        tokens = [w if w in self.vocab else UNK for w in words] + ([EOS] if add_eos else [])
+        return Prepared(text, tokens, oov, [self.vocab.eos_id, *self.vocab.encode(tokens)])
+
+    def prefix(self, text: str, normalize: bool) -> Prepared:
+        words = self.words(text, normalize, "prefix")
+        oov = [w for w in words if w not in self.vocab]
+        tokens = [w if w in self.vocab else UNK for w in words]
+        return Prepared(text, tokens, oov, [self.vocab.eos_id, *self.vocab.encode(tokens)])
+
+
+def limit_error(limit: str, message: str, value: int, maximum: int) -> APIError:
+    return APIError(
+        422 if limit != "max_body_bytes" else 413,
+        "limit_exceeded",
+        message,
+        {"limit": limit, "value": value, "max": maximum},
+    )
+
+
+def score_result(p: Prepared, logprobs: Tensor, per_token: bool) -> SentenceScore:
+    lp = logprobs.double()
+    total = float(lp.sum())
+    n = lp.numel()
+    return SentenceScore(
+        text=p.text,
+        tokens=p.tokens,
+        token_logprobs=[float(x) for x in logprobs.tolist()] if per_token else None,
+        oov=p.oov,
+        num_tokens=n,
+        num_oov=len(p.oov),
+        logprob=total,
+        log10prob=total / LN10,
+        perplexity=math.exp(-total / n),
+    )
+
+
+def next_word_result(
+    p: Prepared, logdist: Tensor, top_k: int, candidates: list[str] | None, normalize: bool, vocab
+) -> NextWordResult:
+    k = min(top_k, logdist.numel())
+    values, indices = torch.topk(logdist, k)
+    top = [
+        WordProb(word=vocab.itos[i], prob=math.exp(v), logprob=v, rank=r + 1)
+        for r, (v, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True))
+    ]
+    cand = None
+    if candidates is not None:
+        cand = []
+        for word in candidates:
+            key = word.lower() if normalize and word != "N" else word
+            if key not in vocab:
+                cand.append(WordProb(word=word, prob=None, logprob=None, rank=None, oov=True))
+                continue
+            v = logdist[vocab.stoi[key]]
+            rank = int((logdist > v).sum()) + 1
+            cand.append(WordProb(word=key, prob=math.exp(float(v)), logprob=float(v), rank=rank))
+    return NextWordResult(prefix=p.text, tokens=p.tokens, oov=p.oov, top_k=top, candidates=cand)

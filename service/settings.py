@@ -1,0 +1,51 @@
+"""Service settings: every field comes from an `LMSERVE_`-prefixed environment variable, each default serves.
+
+LMSERVE_MODEL=models/ptb-small LMSERVE_MAX_WAIT_MS=2 python -m service
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path("models/ptb-small")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; `python -m service --help` maps flags onto the same names."""
+
+    model_config = SettingsConfigDict(env_prefix="LMSERVE_", extra="ignore")
+
+    # Model and hardware
+    model: Path = Field(DEFAULT_MODEL, description="checkpoint directory to serve")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present with auto")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights and activations; the log-softmax is always float32"
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model and engine")
+    log_level: str = "info"
+
+    # Batching engine
+    max_batch_sequences: int = Field(64, ge=1, description="sequences per forward pass at most")
+    max_batch_tokens: int = Field(16384, ge=1, description="tokens per forward pass at most (a longer item runs alone)")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long the oldest queued item may wait for company")
+    max_queue: int = Field(2048, ge=1, description="queued sequences at most; beyond that requests get 429")
+    max_chunk_tokens: int = Field(8192, ge=1, description="time steps x batch rows per LSTM chunk (bounds memory)")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request still unanswered after this gets 504")
+    retry_after_s: int = Field(1, ge=0, description="the Retry-After header sent with 429")
+
+    # Request limits (each enforced before any work is queued)
+    max_sentences: int = Field(256, ge=1, description="sentences (or prefixes) per request")
+    max_chars: int = Field(20000, ge=1, description="characters per sentence or prefix")
+    max_tokens: int = Field(4096, ge=1, description="tokens per sentence or prefix, after normalisation")
+    max_top_k: int = Field(100, ge=1, description="largest top_k of /next-word")
+    max_candidates: int = Field(100, ge=1, description="candidates per /next-word request")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body size; larger bodies get 413")
