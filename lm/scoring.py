@@ -84,6 +84,8 @@ def next_token_logprobs(
     max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
 ) -> Tensor:
     """For each sequence, the float32 log-distribution (V,) of the token that follows it: returns (B, V)."""
+    if not sequences:
+        return torch.zeros(0, model.config.vocab_size)
     if any(len(s) == 0 for s in sequences):
         raise ValueError("every sequence needs at least one token")
     last: list[Tensor | None] = [None] * len(sequences)

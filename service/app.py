@@ -86,21 +86,33 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(scope, receive, send, int(declared))
             return
+        # A body without Content-Length (chunked) is read and counted here, then replayed to the app: an error
+        # raised while FastAPI reads the body would become its generic 400, not the 413 a client should get.
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge(received)
-            return message
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await self._reject(scope, receive, send, received)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge as e:
-            await self._reject(scope, receive, send, e.size)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
         self.metrics.rejected.labels(_endpoint(scope), "too_long").inc()
@@ -111,11 +123,6 @@ class BodyLimitMiddleware:
             {"limit": "max_body_bytes", "value": size, "max": self.max_bytes},
         )
         await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        self.size = size
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -175,6 +182,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
+    def preparer(request: Request) -> Preparer:
+        """The request preparer, once the lifespan has loaded the model (503 before, never a 500)."""
+        if not request.app.state.ready:
+            raise APIError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
+        return request.app.state.preparer
+
     async def run(request: Request, kind: str, sequences: list[list[int]]) -> list:
         state = request.app.state
         if not state.ready:
@@ -203,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, tags=["scoring"])
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         """Log-probability and perplexity of each sentence (`<eos>`-primed; natural log unless log10)."""
-        prep: Preparer = request.app.state.preparer
+        prep = preparer(request)
         texts = [body.text] if body.text is not None else body.sentences
         prep.check_count(len(texts), "sentences")
         prepared = [prep.sentence(t, body.normalize, body.add_eos) for t in texts]
@@ -218,13 +231,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/next-word", response_model=NextWordResponse, responses=ERROR_RESPONSES, tags=["scoring"])
     async def next_word(body: NextWordRequest, request: Request) -> NextWordResponse:
         """The most probable next words after each prefix (empty = sentence start), and the candidates' odds."""
-        prep: Preparer = request.app.state.preparer
-        if body.top_k > settings.max_top_k:
+        prep = preparer(request)
+        # The default top_k serves under any max_top_k; only a top_k the client asked for can exceed it.
+        top_k = body.top_k if "top_k" in body.model_fields_set else min(body.top_k, settings.max_top_k)
+        if top_k > settings.max_top_k:
             raise APIError(
                 422,
                 "limit_exceeded",
-                f"top_k {body.top_k}; at most {settings.max_top_k}",
-                {"limit": "max_top_k", "value": body.top_k, "max": settings.max_top_k},
+                f"top_k {top_k}; at most {settings.max_top_k}",
+                {"limit": "max_top_k", "value": top_k, "max": settings.max_top_k},
             )
         if body.candidates is not None and len(body.candidates) > settings.max_candidates:
             n = len(body.candidates)
@@ -241,7 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         vocab = request.app.state.ckpt.vocab
         metrics.tokens_scored.labels("/next-word").inc(len(prepared))
         results = [
-            next_word_result(p, d, body.top_k, body.candidates, body.normalize, vocab)
+            next_word_result(p, d, top_k, body.candidates, body.normalize, vocab)
             for p, d in zip(prepared, dists, strict=True)
         ]
         return NextWordResponse(model=request.app.state.ckpt.name, results=results)

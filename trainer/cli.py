@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.normalize import PTBNormalizer, whitespace_tokens
 from lm.vocab import VocabularyError
 from trainer.configs import CONFIGS, get_config
 from trainer.data import SPLITS, default_data_dir
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", type=Path, default=default_data_dir(), help="PTB directory ($PTB_DATA_DIR)")
     e.add_argument("--per-sentence", action="store_true", help="with --text: one line per sentence")
     e.add_argument("--format", choices=["text", "jsonl"], default="text", help="with --text: output format")
+    e.add_argument(
+        "--normalize", action="store_true", help="with --text: PTB-normalise raw text (default: split on spaces)"
+    )
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
@@ -99,7 +103,8 @@ def _eval(args: argparse.Namespace) -> None:
     ckpt = load_checkpoint(args.model)
     ckpt.model.to(resolve_device(args.device))
     if args.text is not None:
-        score_file(ckpt, args.text, args.per_sentence, args.format, progress=args.progress)
+        tokenize = PTBNormalizer(ckpt.vocab) if args.normalize else whitespace_tokens
+        score_file(ckpt, args.text, args.per_sentence, args.format, tokenize=tokenize, progress=args.progress)
         return
     splits = SPLITS if args.split == "all" else [args.split or "test"]
     for split in splits:

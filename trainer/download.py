@@ -61,7 +61,17 @@ def download_ptb(
     """Download, verify and extract; returns the paths of the three files in `out`."""
     out = Path(out)
     expected = PTB_SHA256 if expected is None else expected
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(out, url, archive_sha256, expected, timeout)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # leave no trace of a failed download
+        raise
+
+
+def _download_into(out: Path, url: str, archive_sha256: str | None, expected: dict[str, str], timeout: float):
     with tempfile.TemporaryDirectory(dir=out) as tmp_name:
         tmp = Path(tmp_name)
         archive = tmp / "simple-examples.tgz"

@@ -93,10 +93,15 @@ def score_file(
     per_sentence: bool,
     fmt: str = "text",
     tokenize: Callable[[str], list[str]] = str.split,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     progress: bool | None = None,
 ) -> dict:
-    """Score every line of `path`; print one line per sentence if asked, then a summary. Returns the summary."""
+    """Score every line of `path`; print one line per sentence if asked, then a summary. Returns the summary.
+
+    `out` defaults to the current `sys.stdout` (looked up at call time, so that redirection is honoured).
+    """
+    if out is None:
+        out = sys.stdout
     try:
         with path.open(encoding="utf-8") as f:
             lines = f.readlines()

@@ -133,8 +133,11 @@ def _prepare_out(opts: RunOptions, config: TrainConfig) -> None:
     if opts.resume:
         if not resume_dir.is_dir():
             raise TrainerError(f"{out}: nothing to resume (no unfinished run there)")
-        progress = json.loads((resume_dir / "progress.json").read_text(encoding="utf-8"))
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8")).get("training", {})
+        try:
+            progress = json.loads((resume_dir / "progress.json").read_text(encoding="utf-8"))
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8")).get("training", {})
+        except (OSError, ValueError) as e:
+            raise TrainerError(f"{out}: unreadable run state ({e}); start over with --overwrite") from None
         if saved.get("name") != config.name:
             raise TrainerError(f"{out}: the unfinished run is config {saved.get('name')!r}, not {config.name!r}")
         opts.log(f"resuming {out} after epoch {progress['epoch']}")
