@@ -1,0 +1,129 @@
+"""Scoring: exact against a plain forward pass, independent of chunking and of padding in a batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lm.scoring import next_token_logprobs, stream_nll, token_logprobs
+
+
+def reference_logprobs(model, seq: list[int]) -> torch.Tensor:
+    """log p(seq[t+1] | seq[:t+1]) from one plain forward pass of the whole sequence."""
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([seq]))
+    lp = torch.log_softmax(logits[0].double(), dim=-1)
+    return lp[torch.arange(len(seq) - 1), torch.tensor(seq[1:])]
+
+
+@pytest.fixture
+def sequences() -> list[list[int]]:
+    g = torch.Generator().manual_seed(7)
+    lengths = [9, 1, 23, 2, 14, 5]
+    return [torch.randint(0, 12, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_token_logprobs_matches_a_plain_forward_pass(make_model, sequences) -> None:
+    model = make_model()
+    got = token_logprobs(model, sequences)
+    assert len(got) == len(sequences)
+    for seq, lp in zip(sequences, got, strict=True):
+        assert lp.dtype == torch.float32
+        assert lp.shape == (len(seq) - 1,)
+        if len(seq) > 1:
+            torch.testing.assert_close(lp.double(), reference_logprobs(model, seq), rtol=0, atol=1e-5)
+        assert (lp <= 0).all()
+
+
+@pytest.mark.parametrize("max_chunk_tokens", [1, 2, 3, 7, 20])
+def test_small_chunks_equal_one_pass(make_model, sequences, max_chunk_tokens: int) -> None:
+    model = make_model()
+    one_pass = token_logprobs(model, sequences, max_chunk_tokens=10_000)
+    chunked = token_logprobs(model, sequences, max_chunk_tokens=max_chunk_tokens)
+    for a, b in zip(one_pass, chunked, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_single_long_sequence_in_chunks(make_model) -> None:
+    model = make_model()
+    seq = torch.randint(0, 12, (50,), generator=torch.Generator().manual_seed(3)).tolist()
+    reference = reference_logprobs(model, seq)
+    for chunk in (1, 4, 49, 50, 51):
+        (lp,) = token_logprobs(model, [seq], max_chunk_tokens=chunk)
+        torch.testing.assert_close(lp.double(), reference, rtol=0, atol=1e-5)
+
+
+def test_padding_in_a_batch_equals_each_scored_alone(make_model, sequences) -> None:
+    model = make_model()
+    together = token_logprobs(model, sequences)
+    for seq, lp in zip(sequences, together, strict=True):
+        (alone,) = token_logprobs(model, [seq])
+        assert lp.shape == alone.shape
+        torch.testing.assert_close(lp, alone, rtol=0, atol=1e-5)
+    # The same with chunks small enough that rows leave the batch between chunks.
+    for seq, lp in zip(sequences, token_logprobs(model, sequences, max_chunk_tokens=5), strict=True):
+        torch.testing.assert_close(lp, token_logprobs(model, [seq])[0], rtol=0, atol=1e-5)
+
+
+def test_results_come_back_in_input_order(make_model) -> None:
+    model = make_model()
+    short, long = [1, 2, 3], [4, 5, 6, 7, 8, 9, 10]
+    a = token_logprobs(model, [short, long])
+    b = token_logprobs(model, [long, short])
+    torch.testing.assert_close(a[0], b[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(a[1], b[0], rtol=0, atol=1e-6)
+
+
+def test_empty_inputs(make_model) -> None:
+    model = make_model()
+    assert token_logprobs(model, []) == []
+    with pytest.raises(ValueError):
+        token_logprobs(model, [[1, 2], []])
+    with pytest.raises(ValueError):
+        next_token_logprobs(model, [[]])
+
+
+def test_next_token_logprobs_is_the_last_position_of_the_forward_pass(make_model, sequences) -> None:
+    model = make_model()
+    got = next_token_logprobs(model, sequences)
+    assert got.shape == (len(sequences), model.config.vocab_size)
+    assert got.dtype == torch.float32
+    for row, seq in zip(got, sequences, strict=True):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq]))
+        torch.testing.assert_close(row, torch.log_softmax(logits[0, -1], dim=-1), rtol=0, atol=1e-5)
+        assert abs(row.double().exp().sum().item() - 1.0) < 1e-5
+    torch.testing.assert_close(next_token_logprobs(model, sequences, max_chunk_tokens=3), got, rtol=0, atol=1e-5)
+
+
+def test_next_token_consistent_with_token_logprobs(make_model) -> None:
+    model = make_model()
+    seq = [1, 2, 3, 4, 5, 6]
+    (lp,) = token_logprobs(model, [seq])
+    dist = next_token_logprobs(model, [seq[:-1]])[0]
+    assert abs(dist[seq[-1]].item() - lp[-1].item()) < 1e-5
+
+
+def test_stream_nll_sums_the_token_logprobs(make_model) -> None:
+    model = make_model()
+    ids = torch.randint(0, 12, (40,), generator=torch.Generator().manual_seed(5))
+    nll, n = stream_nll(model, ids, max_chunk_tokens=6)
+    assert n == 39
+    assert math.isclose(nll, -reference_logprobs(model, ids.tolist()).sum().item(), rel_tol=1e-6)
+    nll_list, n_list = stream_nll(model, ids.tolist())
+    assert n_list == n
+    assert math.isclose(nll_list, nll, rel_tol=1e-6)
+
+
+def test_uniform_model_gives_perplexity_equal_to_vocabulary_size(make_model) -> None:
+    model = make_model(vocab_size=37)
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+        model.decoder.bias.zero_()
+    ids = torch.randint(0, 37, (101,), generator=torch.Generator().manual_seed(0))
+    nll, n = stream_nll(model, ids, max_chunk_tokens=16)
+    assert n == 100
+    assert abs(math.exp(nll / n) - 37) < 1e-4

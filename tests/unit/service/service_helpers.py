@@ -1,0 +1,113 @@
+"""Helpers of the service tests: the by-hand reference, the error envelope, Prometheus parsing, async driving."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from lm.model import LSTMLanguageModel
+from lm.vocab import Vocabulary
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# The perplexities written into the tiny checkpoint's config.json (/model must report them).
+METRICS = {"valid_ppl": 123.5, "test_ppl": 119.25, "train_ppl": 88.0, "best_epoch": 7}
+
+
+@dataclass
+class TinyServiceCheckpoint:
+    """A checkpoint on disk and the same model and vocabulary in memory (for the by-hand reference)."""
+
+    path: Path
+    model: LSTMLanguageModel
+    vocab: Vocabulary
+
+
+def run_async(app: FastAPI, body: Callable[[httpx.AsyncClient], Awaitable[Any]], **transport: Any) -> Any:
+    """Run `body(client)` in a fresh event loop with the app's lifespan started: many requests, one loop."""
+
+    async def main() -> Any:
+        async with app.router.lifespan_context(app):
+            asgi = httpx.ASGITransport(app=app, **transport)
+            async with httpx.AsyncClient(transport=asgi, base_url="http://test", timeout=60) as client:
+                return await body(client)
+
+    return asyncio.run(main())
+
+
+def reference_logprobs(ckpt: TinyServiceCheckpoint, tokens: list[str]) -> list[float]:
+    """log p(token_t | <eos>, tokens[:t]) for every token, from one plain forward pass (float64 softmax)."""
+    ids = [ckpt.vocab.eos_id] + [ckpt.vocab.stoi[t] for t in tokens]
+    with torch.no_grad():
+        logits, _ = ckpt.model(torch.tensor([ids]))  # (1, T, V)
+    lp = torch.log_softmax(logits[0].double(), dim=-1)
+    return [lp[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
+
+
+def reference_next_logprobs(ckpt: TinyServiceCheckpoint, tokens: list[str]) -> torch.Tensor:
+    """The log-distribution (V,) of the word after `<eos> tokens...`, from one plain forward pass."""
+    ids = [ckpt.vocab.eos_id] + [ckpt.vocab.stoi[t] for t in tokens]
+    with torch.no_grad():
+        logits, _ = ckpt.model(torch.tensor([ids]))
+    return torch.log_softmax(logits[0, -1].double(), dim=-1)
+
+
+def assert_envelope(response: httpx.Response, status: int | None = None, code: str | None = None) -> dict:
+    """The error body is `{"error": {"code", "message", "details"}}` and nothing else; returns `error`."""
+    if status is not None:
+        assert response.status_code == status, response.text
+    assert 400 <= response.status_code < 600
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text -> {(sample name, frozenset of label pairs): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, frozenset], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    """The value of one sample (0.0 when it is absent, as Prometheus would read an unseen child)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def metric_sum(samples: dict, name: str, **labels: str) -> float:
+    """The sum over every sample of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+def get_metrics(client: TestClient | httpx.Client) -> dict:
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    return parse_metrics(r.text)
+
+
+def ptb_data_dir() -> Path:
+    """$PTB_DATA_DIR, or ../shared/data/ptb relative to the repository root."""
+    path = Path(os.environ.get("PTB_DATA_DIR", "../shared/data/ptb")).expanduser()
+    return (path if path.is_absolute() else REPO_ROOT / path).resolve()

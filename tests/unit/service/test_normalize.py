@@ -1,0 +1,167 @@
+"""lm.normalize.PTBNormalizer against the real PTB vocabulary: the README's table, PTB's own text, the rules."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from service_helpers import REPO_ROOT, ptb_data_dir
+
+from lm.normalize import PTBNormalizer, whitespace_tokens
+
+README = REPO_ROOT / "README.md"
+
+
+@pytest.fixture(scope="module")
+def normalizer(ptb_train_vocab) -> PTBNormalizer:
+    return PTBNormalizer(ptb_train_vocab)
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of a markdown table row (`\\|` is a literal pipe; pipes inside code spans do not split)."""
+    row = row.strip()
+    row = row.removeprefix("|")
+    if row.endswith("|") and not row.endswith("\\|"):
+        row = row[:-1]
+    cells, cell, ticks, i = [], "", 0, 0
+    while i < len(row):
+        c = row[i]
+        if c == "\\" and i + 1 < len(row) and row[i + 1] == "|":
+            cell += "|"
+            i += 2
+            continue
+        if c == "`":
+            run = len(row[i:]) - len(row[i:].lstrip("`"))
+            if ticks == 0:
+                ticks = run
+            elif run == ticks:
+                ticks = 0
+            cell += "`" * run
+            i += run
+            continue
+        if c == "|" and ticks == 0:
+            cells.append(cell.strip())
+            cell = ""
+        else:
+            cell += c
+        i += 1
+    cells.append(cell.strip())
+    return cells
+
+
+def _code_span(cell: str) -> str | None:
+    """The text of a cell that is one code span (CommonMark: one space of padding on both sides is dropped)."""
+    m = re.fullmatch(r"(`+)(.*?)\1", cell, flags=re.S)
+    if not m:
+        return None
+    text = m.group(2)
+    if len(text) >= 2 and text[0] == " " and text[-1] == " " and text.strip():
+        text = text[1:-1]
+    return text
+
+
+def readme_normalisation_table() -> list[tuple[str, list[str]]]:
+    """(input, expected tokens) from the table after README.md's first heading that names Normalisation."""
+    if not README.is_file():
+        pytest.fail(f"{README} does not exist yet: its Normalisation table is what this test checks")
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next(
+        (i for i, line in enumerate(lines) if line.startswith("#") and "normalisation" in line.lower()),
+        None,
+    )
+    if start is None:
+        pytest.fail(f"{README}: no heading containing 'Normalisation'")
+    rows: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("#"):
+            break
+        if line.lstrip().startswith("|"):
+            rows.append(_cells(line))
+        elif rows:
+            break  # the table has ended
+    if len(rows) < 3:
+        pytest.fail(f"{README}: no table (header, separator, rows) under the Normalisation heading")
+    header = [h.lower() for h in rows[0]]
+    col_in = next((i for i, h in enumerate(header) if "input" in h), 0)
+    col_out = next((i for i, h in enumerate(header) if "token" in h), 1)
+    table = []
+    for cells in rows[2:]:
+        text = _code_span(cells[col_in])
+        assert text is not None, f"README Normalisation table: input {cells[col_in]!r} is not in backticks"
+        expected = _code_span(cells[col_out])
+        table.append((text, expected.split() if expected is not None else []))
+    return table
+
+
+def test_the_readme_normalisation_table(normalizer, ptb_train_vocab) -> None:
+    table = readme_normalisation_table()
+    assert len(table) >= 5, "the README's Normalisation table has fewer than five rows"
+    wrong = []
+    for text, expected in table:
+        got = normalizer(text)
+        as_scored = [t if t in ptb_train_vocab else "<unk>" for t in got]
+        if expected not in (got, as_scored):
+            wrong.append(f"{text!r}: README says {expected}, the normaliser gives {got}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The company said profits rose 5% to $30 million.", "the company said profits rose N N to $ N million"),
+        ("Mr. Smith didn't say.", "mr. smith did n't say"),
+        ("can't", "ca n't"),
+        ("won't", "wo n't"),
+        ("don't", "do n't"),
+        ("U.S. Corp.", "u.s. corp."),
+        ("funds'", "funds '"),
+        ("MGM/UA", "mgm\\/ua"),
+        ("1,000 and 3.5", "N and N"),
+        ("C$5", "c$ N"),
+        ("£20", "# N"),
+        ("IBM's shares", "ibm 's shares"),
+        ("“Quoted,” he said (twice).", "quoted he said twice"),
+        ("They’re here", "they 're here"),
+        ("1/2 of -4", "N of N"),
+        ("$30", "$ N"),
+        ("N", "N"),
+    ],
+)
+def test_normalises_to_ptb_conventions(normalizer, text: str, expected: str) -> None:
+    assert normalizer(text) == expected.split()
+
+
+@pytest.mark.parametrize("text", ["-- ... , ; : ! ?", "(", '" "', "—", "…", ""])
+def test_punctuation_only_gives_no_tokens(normalizer, text: str) -> None:
+    assert normalizer(text) == []
+
+
+def test_punctuation_around_words_is_dropped(normalizer) -> None:
+    assert normalizer('"Stocks fell -- sharply; then (slowly) rose!"') == [
+        "stocks",
+        "fell",
+        "sharply",
+        "then",
+        "slowly",
+        "rose",
+    ]
+
+
+def test_words_outside_the_vocabulary_are_kept_for_the_caller(normalizer, ptb_train_vocab) -> None:
+    tokens = normalizer("The Zyxwv rose")
+    assert tokens == ["the", "zyxwv", "rose"]
+    assert "zyxwv" not in ptb_train_vocab
+
+
+def test_ptb_text_is_unchanged(normalizer) -> None:
+    """Every line of the real ptb.valid.txt normalises to its own tokens (idempotent on PTB text)."""
+    valid = ptb_data_dir() / "ptb.valid.txt"
+    lines = valid.read_text(encoding="utf-8").splitlines()
+    assert len(lines) > 3000
+    changed = [(line, normalizer(line)) for line in lines if normalizer(line) != line.split()]
+    assert not changed, f"{len(changed)} lines changed, e.g. {changed[:3]}"
+
+
+def test_whitespace_tokens_split_on_whitespace_only() -> None:
+    assert whitespace_tokens("The  Company's\t5%\n$30 million.") == ["The", "Company's", "5%", "$30", "million."]
+    assert whitespace_tokens("   ") == []

@@ -1,0 +1,188 @@
+"""service.engine.BatchingEngine on its own, with a fake forward pass that records what it was given."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from service_helpers import parse_metrics
+
+from service.engine import BatchingEngine, EngineStoppedError, QueueFullError, WorkItem
+from service.metrics import Metrics
+
+
+class FakeForward:
+    """`run_batch`: records each batch (lists of ids) and answers sum(ids) per item; fails on a poisoned item."""
+
+    def __init__(self, poison: int | None = None) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.poison = poison
+        self.threads: set[str] = set()
+
+    def __call__(self, items: list[WorkItem]) -> list[int]:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append([list(it.ids) for it in items])
+        if self.poison is not None and any(self.poison in it.ids for it in items):
+            raise RuntimeError("poisoned batch")
+        return [sum(it.ids) for it in items]
+
+
+def run_engine(
+    fake: FakeForward, body: Callable[[BatchingEngine], Awaitable[Any]], **options: Any
+) -> tuple[Any, Metrics]:
+    metrics = Metrics()
+
+    async def main() -> Any:
+        engine = BatchingEngine(fake, metrics, **options)
+        await engine.start()
+        try:
+            return await body(engine)
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main()), metrics
+
+
+def seqs(*lengths: int, start: int = 1) -> list[list[int]]:
+    """Distinct sequences of the given lengths (each value tells which sequence it came from)."""
+    return [[start + i] * n for i, n in enumerate(lengths)]
+
+
+def test_items_are_sorted_by_length_and_each_future_gets_its_own_result() -> None:
+    fake = FakeForward()
+    sequences = seqs(3, 1, 5, 2, 4)
+
+    async def body(engine):
+        return await asyncio.gather(*engine.submit("score", sequences))
+
+    results, _ = run_engine(fake, body, max_batch_sequences=5, max_wait_ms=5000)
+    assert [[len(ids) for ids in batch] for batch in fake.batches] == [[5, 4, 3, 2, 1]]
+    assert results == [sum(s) for s in sequences]  # input order, despite the sort
+    assert fake.threads and "MainThread" not in fake.threads  # off the event loop
+
+
+def test_a_failing_batch_sets_exceptions_on_its_own_futures_only() -> None:
+    fake = FakeForward(poison=99)
+    sequences = [[99, 1], [2], [3, 3, 3], [4]]
+
+    async def body(engine):
+        futures = engine.submit("score", sequences)
+        await asyncio.wait(futures)
+        later = await asyncio.gather(*engine.submit("score", [[5, 5]]))
+        return futures, later, engine.running
+
+    (futures, later, running), metrics = run_engine(fake, body, max_batch_sequences=2, max_wait_ms=50)
+    assert len(fake.batches) == 3
+    for f in futures[:2]:
+        assert isinstance(f.exception(), RuntimeError)
+    assert [f.result() for f in futures[2:]] == [9, 4]
+    assert later == [10] and running  # the worker carried on
+    samples = parse_metrics(metrics.render().decode())
+    assert samples[("lmserve_batch_size_count", frozenset())] == 3
+
+
+def test_max_batch_sequences_is_respected() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        return await asyncio.gather(*engine.submit("score", seqs(*[2] * 10)))
+
+    results, metrics = run_engine(fake, body, max_batch_sequences=3, max_wait_ms=10)
+    assert [len(b) for b in fake.batches] == [3, 3, 3, 1]
+    assert results == [2 * (i + 1) for i in range(10)]
+    samples = parse_metrics(metrics.render().decode())
+    assert samples[("lmserve_batches_total", frozenset({("trigger", "full")}))] == 3
+    assert samples[("lmserve_batches_total", frozenset({("trigger", "timeout")}))] == 1
+
+
+def test_max_batch_tokens_is_respected_and_a_long_item_runs_alone() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        return await asyncio.gather(*engine.submit("next", seqs(4, 4, 4, 25, 4)))
+
+    run_engine(fake, body, max_batch_tokens=10, max_wait_ms=10)
+    assert [[len(ids) for ids in b] for b in fake.batches] == [[4, 4], [4], [25], [4]]
+    for batch in fake.batches:
+        assert len(batch) == 1 or sum(map(len, batch)) <= 10
+
+
+def test_the_oldest_item_waits_at_most_max_wait_ms() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.gather(*engine.submit("score", [[1]]))
+        return loop.time() - t0
+
+    waited, metrics = run_engine(fake, body, max_batch_sequences=64, max_wait_ms=100)
+    assert 0.09 <= waited < 5
+    samples = parse_metrics(metrics.render().decode())
+    assert samples[("lmserve_batches_total", frozenset({("trigger", "timeout")}))] == 1
+
+
+def test_queue_full_is_all_or_nothing() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        first = engine.submit("score", seqs(1, 1))
+        with pytest.raises(QueueFullError):
+            engine.submit("score", seqs(1, 1, start=10))
+        size_after_refusal = engine.queue_size()
+        third = engine.submit("score", seqs(1, start=20))  # exactly fills the queue
+        with pytest.raises(QueueFullError):
+            engine.submit("score", [[30]])
+        return await asyncio.gather(*first, *third), size_after_refusal
+
+    (results, size_after_refusal), metrics = run_engine(fake, body, max_queue=3, max_wait_ms=50)
+    assert size_after_refusal == 2
+    assert results == [1, 2, 20]
+    assert sorted(x for b in fake.batches for ids in b for x in ids) == [1, 2, 20]
+    samples = parse_metrics(metrics.render().decode())
+    assert samples[("lmserve_queue_size", frozenset())] == 0
+
+
+def test_submit_needs_a_running_engine() -> None:
+    async def main():
+        engine = BatchingEngine(FakeForward(), Metrics())
+        with pytest.raises(EngineStoppedError):
+            engine.submit("score", [[1]])
+        await engine.start()
+        assert engine.running
+        await engine.stop()
+        assert not engine.running
+        with pytest.raises(EngineStoppedError):
+            engine.submit("score", [[1]])
+
+    asyncio.run(main())
+
+
+def test_stop_finishes_what_is_queued() -> None:
+    fake = FakeForward()
+
+    async def main():
+        engine = BatchingEngine(fake, Metrics(), max_wait_ms=60_000)
+        await engine.start()
+        futures = engine.submit("score", seqs(2, 3))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(engine.stop(), 5)
+        return [f.result() for f in futures]
+
+    assert asyncio.run(main()) == [2, 6]
+
+
+def test_cancelled_items_are_not_computed() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        futures = engine.submit("score", seqs(1, 1, 1))
+        futures[1].cancel()
+        return await asyncio.gather(futures[0], futures[2])
+
+    results, _ = run_engine(fake, body, max_wait_ms=20)
+    assert results == [1, 3]
+    assert fake.batches == [[[1], [3]]]

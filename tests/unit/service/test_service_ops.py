@@ -1,0 +1,142 @@
+"""Operations: health and readiness, /model, the OpenAPI document, and the command line's failure mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import METRICS, REPO_ROOT, assert_envelope
+
+
+def test_healthz(client) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+
+
+def test_readyz_when_ready(client, service_ckpt) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ready"
+    assert body["model"] == service_ckpt.path.name
+    assert body["queue_size"] == 0
+
+
+def test_not_ready_before_the_lifespan_starts(make_app) -> None:
+    app = make_app()
+    assert app.state.ready is False
+    client = TestClient(app)  # no `with`: the lifespan does not run
+    assert client.get("/healthz").status_code == 200
+    r = client.get("/readyz")
+    assert_envelope(r, 503, "not_ready")
+    assert r.headers["retry-after"] == "1"
+    assert_envelope(client.get("/model"), 503, "not_ready")
+    assert_envelope(client.post("/score", json={"text": "the"}), 503, "not_ready")
+    assert_envelope(client.post("/next-word", json={"prefix": "the"}), 503, "not_ready")
+
+
+def test_not_ready_after_shutdown(make_app) -> None:
+    app = make_app()
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+    assert app.state.ready is False
+    after = TestClient(app)
+    assert_envelope(after.get("/readyz"), 503, "not_ready")
+    assert_envelope(after.post("/score", json={"text": "the"}), 503, "not_ready")
+
+
+def test_model_describes_the_checkpoint(client, service_ckpt) -> None:
+    r = client.get("/model")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["name"] == service_ckpt.path.name
+    assert body["parameters"] == service_ckpt.model.num_parameters()
+    assert body["device"] == "cpu"
+    assert body["dtype"] == "float32"
+    assert body["vocab_size"] == len(service_ckpt.vocab)
+    config = json.loads((service_ckpt.path / "config.json").read_text())
+    assert body["format"] == config["format"]
+    for key in ("vocab_size", "embed_size", "hidden_size", "num_layers", "tie_weights", "dropout"):
+        assert body["config"][key] == config[key]
+    assert body["metrics"]["valid_ppl"] == config["metrics"]["valid_ppl"] == METRICS["valid_ppl"]
+    assert body["metrics"]["test_ppl"] == config["metrics"]["test_ppl"] == METRICS["test_ppl"]
+    assert body["training"]["seed"] == 1234
+
+
+def test_model_reports_a_reduced_dtype(serve, service_ckpt) -> None:
+    with serve(dtype="bfloat16") as client:
+        assert client.get("/model").json()["dtype"] == "bfloat16"
+        r = client.post("/score", json={"text": "the stock market rose", "per_token": True})
+        assert r.status_code == 200
+        (result,) = r.json()["results"]
+    with serve() as client:
+        (exact,) = client.post("/score", json={"text": "the stock market rose", "per_token": True}).json()["results"]
+    # Not exact in bfloat16, but the same numbers to within its precision.
+    assert result["token_logprobs"] == pytest.approx(exact["token_logprobs"], abs=0.1)
+
+
+def test_openapi_lists_the_routes_with_examples(client) -> None:
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    for path in ("/score", "/next-word"):
+        assert "post" in doc["paths"][path], path
+    for path in ("/healthz", "/readyz", "/metrics", "/model"):
+        assert "get" in doc["paths"][path], path
+    schemas = doc["components"]["schemas"]
+    for name in ("ScoreRequest", "NextWordRequest"):
+        examples = schemas[name].get("examples")
+        assert examples, f"{name} has no examples"
+    assert any("text" in e for e in schemas["ScoreRequest"]["examples"])
+    assert any("prefix" in e for e in schemas["NextWordRequest"]["examples"])
+    # Every log-probability field says its base.
+    fields = schemas["SentenceScore"]["properties"]
+    assert "natural log" in fields["logprob"]["description"]
+    assert "base 10" in fields["log10prob"]["description"]
+    # The error envelope is documented for the 4xx answers.
+    responses = doc["paths"]["/score"]["post"]["responses"]
+    assert "422" in responses and "429" in responses
+    assert client.get("/docs").status_code == 200
+
+
+def test_cli_with_a_missing_model_says_one_line_and_exits_non_zero(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "--model", "/nonexistent"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    assert "/nonexistent" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_with_a_broken_checkpoint_says_one_line(tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(broken)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "config.json" in lines[0]
+    assert "Traceback" not in proc.stderr
