@@ -24,7 +24,16 @@ class TrainConfig:
     dropout: float  # 1 - keep_prob
     max_grad_norm: float
     embed_size: int | None = None  # None: same as hidden_size (as in the paper)
+    # Beyond Zaremba (all off by default; see lm/model.py and trainer/averaging.py):
     tie_weights: bool = False
+    locked_dropout: bool = False
+    dropout_input: float | None = None  # None: `dropout`
+    dropout_between: float | None = None
+    dropout_output: float | None = None
+    embed_dropout: float = 0.0
+    weight_drop: float = 0.0
+    asgd_start: int | None = None  # average the SGD iterates from this epoch on
+    bf16: bool = False  # bf16 autocast for the training forward pass (evaluation is always float32)
 
     @property
     def embedding_size(self) -> int:

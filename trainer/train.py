@@ -11,6 +11,7 @@ Files written into the output directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from lm.checkpoint import load_checkpoint, save_checkpoint, sha256_file, update_metrics
 from lm.model import LSTMLanguageModel, ModelConfig, detach_state
 from lm.scoring import stream_nll
+from trainer.averaging import ParameterAverager
 from trainer.configs import TrainConfig, lr_at
 from trainer.data import SPLITS, batchify, load_corpus, num_windows, split_path, windows
 from trainer.errors import TrainerError
@@ -64,6 +66,7 @@ class ResumeState:
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
+    asgd_count: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,13 +94,18 @@ def evaluate_stream(model: LSTMLanguageModel, ids: torch.Tensor, limit: int | No
     return perplexity(nll, count), count
 
 
-def _save_resume(out: Path, model: LSTMLanguageModel, state: ResumeState) -> None:
+def _save_resume(
+    out: Path, model: LSTMLanguageModel, state: ResumeState, averager: ParameterAverager | None = None
+) -> None:
     """The last finished epoch: weights, RNG state and progress, written atomically (no pickle)."""
     tmp = out / (RESUME_DIR + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if averager is not None:
+        tensors.update(averager.state_tensors())
+        state.asgd_count = averager.count
     tensors["__rng_cpu__"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["__rng_cuda__"] = torch.cuda.get_rng_state()
@@ -109,7 +117,7 @@ def _save_resume(out: Path, model: LSTMLanguageModel, state: ResumeState) -> Non
     tmp.rename(final)
 
 
-def _load_resume(out: Path, model: LSTMLanguageModel) -> ResumeState:
+def _load_resume(out: Path, model: LSTMLanguageModel, averager: ParameterAverager | None = None) -> ResumeState:
     d = out / RESUME_DIR
     try:
         tensors = load_file(str(d / "state.safetensors"))
@@ -120,9 +128,12 @@ def _load_resume(out: Path, model: LSTMLanguageModel) -> ResumeState:
     cuda_rng = tensors.pop("__rng_cuda__", None)
     if cuda_rng is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda_rng)
+    avg = {k: tensors.pop(k) for k in list(tensors) if k.startswith("__avg__.")}
     try:
         model.load_state_dict(tensors)
-    except RuntimeError as e:
+        if averager is not None and avg:
+            averager.load_state_tensors(avg, progress.get("asgd_count", 0))
+    except (RuntimeError, KeyError) as e:
         raise TrainerError(f"{d}: resume state does not fit this config ({str(e).splitlines()[0]})") from None
     return ResumeState(**progress)
 
@@ -173,11 +184,18 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
         num_layers=config.num_layers,
         dropout=config.dropout,
         tie_weights=config.tie_weights,
+        dropout_input=config.dropout_input,
+        dropout_between=config.dropout_between,
+        dropout_output=config.dropout_output,
+        locked_dropout=config.locked_dropout,
+        embed_dropout=config.embed_dropout,
+        weight_drop=config.weight_drop,
     )
     model = LSTMLanguageModel(model_config)
     model.init_weights(config.init_scale)
-    state = _load_resume(opts.out, model) if opts.resume else ResumeState()
     model.to(device)
+    averager = ParameterAverager(model) if config.asgd_start is not None else None
+    state = _load_resume(opts.out, model, averager) if opts.resume else ResumeState()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     criterion = nn.CrossEntropyLoss()
 
@@ -207,6 +225,7 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
+        averaging = averager is not None and epoch >= config.asgd_start
         hidden = model.initial_state(config.batch_size, device)
         total_nll, total_tokens = 0.0, 0
         t0 = time.perf_counter()
@@ -222,14 +241,18 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
             if step >= steps:
                 break
             hidden = detach_state(hidden)  # truncated BPTT: keep the values, drop the history
-            logits, hidden = model(x, hidden)  # (B, T, V)
-            loss = criterion(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # mean NLL per token
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits, hidden = model(x, hidden)  # (B, T, V)
+            hidden = (hidden[0].float(), hidden[1].float())
+            loss = criterion(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))  # mean NLL per token
             optimizer.zero_grad(set_to_none=True)
             # The tutorial's cost sums over time steps and averages over the batch: scale the per-token mean
             # by num_steps so that lr=1.0 and the clipping norm mean what they mean in the paper.
             (loss * config.num_steps).backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
+            if averaging:
+                averager.update()
             total_nll += loss.item() * y.numel()
             total_tokens += y.numel()
             if step % 20 == 0:
@@ -238,7 +261,9 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
         bar.close()
         train_time = time.perf_counter() - t0
         train_ppl = math.exp(total_nll / total_tokens)
-        valid_ppl, _ = evaluate_stream(model, corpus.valid.to(device), eval_limit)
+        averaged = averager.swapped() if averaging else contextlib.nullcontext()
+        with averaged:  # validate (and checkpoint) the averaged parameters once averaging has begun
+            valid_ppl, _ = evaluate_stream(model, corpus.valid.to(device), eval_limit)
         epoch_time = time.perf_counter() - t0
         state.wall_time_s += epoch_time
         record = {
@@ -248,20 +273,22 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
             "valid_ppl": valid_ppl,
             "train_tokens_per_s": total_tokens / train_time,
             "epoch_time_s": epoch_time,
+            "averaged": averaging,
         }
         state.history.append(record)
         improved = valid_ppl < state.best_valid_ppl
         if improved:
             state.best_valid_ppl, state.best_epoch = valid_ppl, epoch
-            save_checkpoint(
-                opts.out,
-                model,
-                corpus.vocab,
-                training={**training_record, "epochs_completed": epoch, "best_epoch": epoch},
-                metrics={"train_ppl": train_ppl, "valid_ppl": valid_ppl, "best_epoch": epoch},
-            )
+            with averager.swapped() if averaging else contextlib.nullcontext():
+                save_checkpoint(
+                    opts.out,
+                    model,
+                    corpus.vocab,
+                    training={**training_record, "epochs_completed": epoch, "best_epoch": epoch},
+                    metrics={"train_ppl": train_ppl, "valid_ppl": valid_ppl, "best_epoch": epoch},
+                )
         state.epoch = epoch
-        _save_resume(opts.out, model, state)
+        _save_resume(opts.out, model, state, averager)
         with log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         plot_learning_curves({config.name: state.history}, opts.out / CURVE_FILE)

@@ -103,9 +103,9 @@ def record_epochs(records: dict[int, dict[str, torch.Tensor]]):
     """Wrap _save_resume to keep a copy of the weights at the end of every epoch (best or not)."""
     real = train_module._save_resume
 
-    def save_resume(out: Path, model: LSTMLanguageModel, state) -> None:
+    def save_resume(out: Path, model: LSTMLanguageModel, state, averager=None) -> None:
         records[state.epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        real(out, model, state)
+        real(out, model, state, averager)
 
     return save_resume
 
@@ -267,3 +267,49 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(TrainerError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+REGULARISED = {
+    "dropout": 0.3,
+    "tie_weights": True,
+    "locked_dropout": True,
+    "embed_dropout": 0.1,
+    "weight_drop": 0.2,
+    "asgd_start": 2,
+    "max_epochs": 3,
+    "bf16": True,
+}
+
+
+def test_regularised_run_with_averaging_resumes_exactly_and_serves_tied(
+    ptb_tiny_eval_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_plots
+) -> None:
+    config = get_config("test", **REGULARISED)
+    straight = tmp_path / "straight"
+    train(config, quiet(ptb_tiny_eval_dir, straight, train_tokens=RESUME_TOKENS))
+    log = read_log(straight)
+    assert [r["averaged"] for r in log] == [False, True, True]
+    ckpt = load_checkpoint(straight)
+    assert ckpt.config.tie_weights and ckpt.config.locked_dropout and ckpt.config.weight_drop == 0.2
+    assert ckpt.model.decoder.weight is ckpt.model.embedding.weight
+    assert ckpt.training["asgd_start"] == 2 and ckpt.training["bf16"] is True
+
+    real_windows = train_module.windows
+    epochs_started = []
+
+    def interrupt_in_epoch_3(batched: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epochs_started.append(1)
+        for i, window in enumerate(real_windows(batched, num_steps)):
+            if len(epochs_started) == 3 and i == 5:
+                raise KeyboardInterrupt
+            yield window
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(train_module, "windows", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, quiet(ptb_tiny_eval_dir, out, train_tokens=RESUME_TOKENS))
+    monkeypatch.setattr(train_module, "windows", real_windows)
+    train(config, quiet(ptb_tiny_eval_dir, out, train_tokens=RESUME_TOKENS, resume=True))
+    # The averaged parameters survived the interruption: same checkpoint, same log.
+    assert_same_weights(out, straight)
+    assert [r["valid_ppl"] for r in read_log(out)] == [r["valid_ppl"] for r in log]
