@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test lint format train-small eval-small clean
+.PHONY: install serve test unit integration docker-test wheels lint format train-small eval-small clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,21 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
-test: install
+# The whole suite: unit tests, then the curl-based integration tests against a locally started server.
+test: unit integration
+
+unit: install
 	$(PY) -m pytest -q
+
+integration: install
+	PY=$(PY) tests/integration/local.sh $(MODEL)
+
+# Images built, compose stack up and healthy, integration tests against it, scale-out check, torn down.
+docker-test:
+	PY=$(PYTHON) docker/test-stack.sh
+
+wheels:
+	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
 lint: install
 	$(VENV)/bin/ruff check lm trainer service tests

@@ -46,7 +46,7 @@ class ScoreRequest(_Request):
 class NextWordRequest(_Request):
     prefix: str | None = Field(None, max_length=HARD_MAX_CHARS, description="text so far; empty = sentence start")
     prefixes: list[str] | None = Field(None, max_length=HARD_MAX_ITEMS, description="several prefixes at once")
-    top_k: int = Field(10, ge=1, le=HARD_MAX_ITEMS, description="how many of the most probable next words")
+    top_k: int = Field(10, ge=1, description="how many of the most probable next words (at most max_top_k)")
     candidates: list[str] | None = Field(
         None, max_length=HARD_MAX_ITEMS, description="words whose probability and rank are wanted"
     )

@@ -126,6 +126,20 @@ def straight_run(ptb_tiny_eval_dir: Path, tmp_path_factory: pytest.TempPathFacto
     return out, metrics, records
 
 
+def interrupting_windows(epochs_started: list[int], epoch: int, window: int):
+    """A stand-in for trainer.data.windows that raises KeyboardInterrupt (Ctrl-C) at `window` of `epoch`."""
+    real_windows = train_module.windows
+
+    def windows(batched: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epochs_started.append(1)
+        for i, item in enumerate(real_windows(batched, num_steps)):
+            if len(epochs_started) == epoch and i == window:
+                raise KeyboardInterrupt
+            yield item
+
+    return windows
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
@@ -141,16 +155,8 @@ def test_interrupted_run_resumed_equals_the_straight_run(
     config = get_config("test", **RESUME_CONFIG)
 
     real_windows = train_module.windows
-    epochs_started = []
-
-    def interrupt_in_epoch_2(batched: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epochs_started.append(1)
-        for i, window in enumerate(real_windows(batched, num_steps)):
-            if len(epochs_started) == 2 and i == 10:
-                raise KeyboardInterrupt  # Ctrl-C, ten windows into epoch 2
-            yield window
-
-    monkeypatch.setattr(train_module, "windows", interrupt_in_epoch_2)
+    epochs_started: list[int] = []
+    monkeypatch.setattr(train_module, "windows", interrupting_windows(epochs_started, epoch=2, window=10))
     with pytest.raises(KeyboardInterrupt):
         train(config, quiet(ptb_tiny_eval_dir, out, max_epochs=2, train_tokens=RESUME_TOKENS))
     assert len(epochs_started) == 2
@@ -295,17 +301,8 @@ def test_regularised_run_with_averaging_resumes_exactly_and_serves_tied(
     assert ckpt.training["asgd_start"] == 2 and ckpt.training["bf16"] is True
 
     real_windows = train_module.windows
-    epochs_started = []
-
-    def interrupt_in_epoch_3(batched: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epochs_started.append(1)
-        for i, window in enumerate(real_windows(batched, num_steps)):
-            if len(epochs_started) == 3 and i == 5:
-                raise KeyboardInterrupt
-            yield window
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(train_module, "windows", interrupt_in_epoch_3)
+    monkeypatch.setattr(train_module, "windows", interrupting_windows([], epoch=3, window=5))
     with pytest.raises(KeyboardInterrupt):
         train(config, quiet(ptb_tiny_eval_dir, out, train_tokens=RESUME_TOKENS))
     monkeypatch.setattr(train_module, "windows", real_windows)
