@@ -49,6 +49,29 @@ CONFIGS: dict[str, TrainConfig] = {
         TrainConfig("small", 2, 200, 20, 20, 0.1, 1.0, 0.5, 4, 13, 0.0, 5.0),
         TrainConfig("medium", 2, 650, 35, 20, 0.05, 1.0, 0.8, 6, 39, 0.5, 5.0),
         TrainConfig("large", 2, 1500, 35, 20, 0.04, 1.0, 1 / 1.15, 14, 55, 0.65, 10.0),
+        # Beyond Zaremba, sized for a 2-core CPU (about an hour) and a <= 30 MB checkpoint (2 x V x H floats):
+        # tied weights, locked dropout, word-level embedding dropout, DropConnect on W_hh, bf16 autocast, and
+        # the large config's schedule shape compressed into 40 epochs.
+        TrainConfig(
+            name="cpu",
+            num_layers=2,
+            hidden_size=300,
+            num_steps=35,
+            batch_size=20,
+            init_scale=0.075,
+            lr=1.0,
+            lr_decay=1 / 1.15,
+            decay_after=12,
+            max_epochs=40,
+            dropout=0.35,
+            max_grad_norm=5.0,
+            tie_weights=True,
+            locked_dropout=True,
+            dropout_between=0.2,
+            embed_dropout=0.05,
+            weight_drop=0.15,
+            bf16=True,
+        ),
         # A few seconds on a CPU: for tests and smoke runs, not for results.
         TrainConfig("test", 2, 16, 5, 4, 0.1, 1.0, 0.5, 1, 2, 0.0, 5.0),
     )
