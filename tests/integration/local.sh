@@ -12,7 +12,14 @@ LOG=$(mktemp)
 
 LMSERVE_MAX_QUEUE=40 "$PY" -m service --model "$MODEL" --host 127.0.0.1 --port "$PORT" >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -f "$LOG"' EXIT
+cleanup() {
+    local rc=$?
+    kill "$SERVER" 2>/dev/null
+    wait "$SERVER" 2>/dev/null || true  # the server's own exit status (143 after SIGTERM) is not the tests'
+    rm -f "$LOG"
+    exit "$rc"
+}
+trap cleanup EXIT
 
 for _ in $(seq 1 120); do
     curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null && break
