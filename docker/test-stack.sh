@@ -90,7 +90,7 @@ down
 # --- scale-out: 3 replicas behind nginx -------------------------------------------------------------------
 log "scale-out: 3 replicas behind nginx"
 SCALE=(-f docker-compose.yml -f docker/compose.scale.yml)
-LMSERVE_PUBLISH=127.0.0.1::8000 LB_PUBLISH=127.0.0.1:$LB_PORT PROMETHEUS_PUBLISH=127.0.0.1::9090 \
+LMSERVE_PUBLISH=127.0.0.1: LB_PUBLISH=127.0.0.1:$LB_PORT PROMETHEUS_PUBLISH=127.0.0.1: \
     "${COMPOSE[@]}" "${SCALE[@]}" up -d --scale server=3 server lb
 wait_ready "http://127.0.0.1:$LB_PORT/readyz" 180 || { "${COMPOSE[@]}" "${SCALE[@]}" logs; exit 1; }
 PYTHON="$PY" tests/integration/run.sh "http://127.0.0.1:$LB_PORT"
