@@ -9,6 +9,7 @@ The log-softmax is always computed in float32, whatever dtype the model runs in.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -46,7 +47,52 @@ def _chunks(
         start += step
 
 
+@dataclass
+class TokenScores:
+    """Per predicted token: its natural-log probability and, if asked for, its rank (1 = most probable)."""
+
+    logprobs: Tensor  # (n,) float32
+    ranks: Tensor | None = None  # (n,) int64
+
+
 @torch.inference_mode()
+def score_tokens(
+    model: LSTMLanguageModel,
+    sequences: Sequence[Sequence[int]],
+    max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
+    ranks: bool = False,
+) -> list[TokenScores]:
+    """For each sequence s, the scores of s[t+1] given s[:t+1] for t = 0 .. len(s) - 2.
+
+    Every sequence needs at least one token; the first token is context only (e.g. the priming `<eos>`).
+    The rank of a token is 1 + the number of words the model found strictly more probable there.
+    """
+    if not sequences:
+        return []
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("every sequence needs at least one token")
+    out: list[list[tuple[Tensor, Tensor | None]]] = [[] for _ in sequences]
+    for start, ids, feats, order in _chunks(model, sequences, max_chunk_tokens):
+        b, t = feats.shape[:2]
+        targets = ids[:b, start + 1 : start + 1 + t]  # (b, t') with t' = t, or t - 1 at the very end
+        t_pred = targets.shape[1]
+        logits = model.decoder(feats[:, :t_pred]).float()  # (b, t', V)
+        target_logits = logits.gather(-1, targets.unsqueeze(-1))  # (b, t', 1)
+        lp = (target_logits.squeeze(-1) - torch.logsumexp(logits, dim=-1)).cpu()
+        rk = ((logits > target_logits).sum(-1) + 1).cpu() if ranks else None
+        for row in range(b):
+            i = order[row]
+            n = min(t_pred, len(sequences[i]) - 1 - start)
+            if n > 0:
+                out[i].append((lp[row, :n], rk[row, :n] if rk is not None else None))
+    results = []
+    for parts in out:
+        lps = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0)
+        rks = (torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)) if ranks else None
+        results.append(TokenScores(lps, rks))
+    return results
+
+
 def token_logprobs(
     model: LSTMLanguageModel,
     sequences: Sequence[Sequence[int]],
@@ -54,27 +100,9 @@ def token_logprobs(
 ) -> list[Tensor]:
     """For each sequence s, the natural-log probabilities log p(s[t+1] | s[:t+1]) for t = 0 .. len(s) - 2.
 
-    Every sequence needs at least one token; the first token is context only (e.g. the priming `<eos>`).
-    Returns float32 CPU tensors of length len(s) - 1, in input order.
+    Returns float32 CPU tensors of length len(s) - 1, in input order (see `score_tokens`).
     """
-    if not sequences:
-        return []
-    if any(len(s) == 0 for s in sequences):
-        raise ValueError("every sequence needs at least one token")
-    out: list[list[Tensor]] = [[] for _ in sequences]
-    for start, ids, feats, order in _chunks(model, sequences, max_chunk_tokens):
-        b, t = feats.shape[:2]
-        targets = ids[:b, start + 1 : start + 1 + t]  # (b, t') with t' = t, or t - 1 at the very end
-        t_pred = targets.shape[1]
-        logits = model.decoder(feats[:, :t_pred]).float()  # (b, t', V)
-        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        lp = lp.cpu()
-        for row in range(b):
-            i = order[row]
-            n = min(t_pred, len(sequences[i]) - 1 - start)
-            if n > 0:
-                out[i].append(lp[row, :n])
-    return [torch.cat(parts) if parts else torch.zeros(0) for parts in out]
+    return [s.logprobs for s in score_tokens(model, sequences, max_chunk_tokens)]
 
 
 @torch.inference_mode()

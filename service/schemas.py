@@ -76,6 +76,9 @@ class SentenceScore(BaseModel):
     token_logprobs: list[float] | None = Field(
         None, description="natural-log probability of each token in `tokens` (only with per_token)"
     )
+    token_ranks: list[int] | None = Field(
+        None, description="rank of each token among the vocabulary at its position, 1 = most probable (per_token)"
+    )
     oov: list[str] = Field(description="input words (after normalisation) that were scored as <unk>")
     num_tokens: int = Field(description="number of predictions (len(tokens))")
     num_oov: int

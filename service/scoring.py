@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lm.checkpoint import Checkpoint
 from lm.normalize import PTBNormalizer, whitespace_tokens
-from lm.scoring import next_token_logprobs, token_logprobs
+from lm.scoring import TokenScores, next_token_logprobs, score_tokens
 from lm.vocab import EOS, UNK
 from service.engine import WorkItem
 from service.errors import APIError
@@ -39,23 +39,29 @@ class ModelRunner:
         self.model = ckpt.model.to(self.device, self.dtype).eval()
         self.max_chunk_tokens = settings.max_chunk_tokens
 
-    def run(self, items: list[WorkItem]) -> list[Tensor]:
-        results: list[Tensor | None] = [None] * len(items)
-        for kind, fn in (("score", token_logprobs), ("next", next_token_logprobs)):
-            idx = [i for i, it in enumerate(items) if it.kind == kind]
-            if idx:
-                out = fn(self.model, [items[i].ids for i in idx], self.max_chunk_tokens)
-                for i, t in zip(idx, out, strict=True):
-                    results[i] = t
-        for t in results:
-            if t is not None and not torch.isfinite(t).all():
+    def run(self, items: list[WorkItem]) -> list[TokenScores | Tensor]:
+        """Scores (with ranks) for "score" items, the next-token log-distribution (V,) for "next" items."""
+        results: list[TokenScores | Tensor | None] = [None] * len(items)
+        score_idx = [i for i, it in enumerate(items) if it.kind == "score"]
+        if score_idx:
+            scores = score_tokens(self.model, [items[i].ids for i in score_idx], self.max_chunk_tokens, ranks=True)
+            for i, sc in zip(score_idx, scores, strict=True):
+                results[i] = sc
+        next_idx = [i for i, it in enumerate(items) if it.kind == "next"]
+        if next_idx:
+            dists = next_token_logprobs(self.model, [items[i].ids for i in next_idx], self.max_chunk_tokens)
+            for i, dist in zip(next_idx, dists, strict=True):
+                results[i] = dist
+        for r in results:
+            values = r.logprobs if isinstance(r, TokenScores) else r
+            if values is not None and not torch.isfinite(values).all():
                 raise NonFiniteOutputError("the model produced a non-finite log-probability")
         return results  # type: ignore[return-value]
 
     def warmup(self) -> None:
         """One pass of each kind, so the first request does not pay for lazy initialisation."""
         eos = self.vocab.eos_id
-        token_logprobs(self.model, [[eos, eos, eos]], self.max_chunk_tokens)
+        score_tokens(self.model, [[eos, eos, eos]], self.max_chunk_tokens, ranks=True)
         next_token_logprobs(self.model, [[eos]], self.max_chunk_tokens)
 
 
@@ -137,7 +143,8 @@ def limit_error(limit: str, message: str, value: int, maximum: int) -> APIError:
     )
 
 
-def score_result(p: Prepared, logprobs: Tensor, per_token: bool) -> SentenceScore:
+def score_result(p: Prepared, scores: TokenScores, per_token: bool) -> SentenceScore:
+    logprobs = scores.logprobs
     lp = logprobs.double()
     total = float(lp.sum())
     n = lp.numel()
@@ -145,6 +152,7 @@ def score_result(p: Prepared, logprobs: Tensor, per_token: bool) -> SentenceScor
         text=p.text,
         tokens=p.tokens,
         token_logprobs=[float(x) for x in logprobs.tolist()] if per_token else None,
+        token_ranks=scores.ranks.tolist() if per_token and scores.ranks is not None else None,
         oov=p.oov,
         num_tokens=n,
         num_oov=len(p.oov),

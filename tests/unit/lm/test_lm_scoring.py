@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lm.scoring import next_token_logprobs, stream_nll, token_logprobs
+from lm.model import LSTMLanguageModel, ModelConfig
+from lm.scoring import next_token_logprobs, score_tokens, stream_nll, token_logprobs
 
 
 def reference_logprobs(model, seq: list[int]) -> torch.Tensor:
@@ -127,3 +128,19 @@ def test_uniform_model_gives_perplexity_equal_to_vocabulary_size(make_model) -> 
     nll, n = stream_nll(model, ids, max_chunk_tokens=16)
     assert n == 100
     assert abs(math.exp(nll / n) - 37) < 1e-4
+
+
+def test_ranks_count_the_strictly_more_probable_words() -> None:
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(ModelConfig(20, 6, 6, 1))
+    model.init_weights(0.5)
+    model.eval()
+    seqs = [[1, 4, 7, 2, 9], [1, 3]]
+    scores = score_tokens(model, seqs, max_chunk_tokens=3, ranks=True)
+    for seq, sc in zip(seqs, scores, strict=True):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq[:-1]]))
+        for t, target in enumerate(seq[1:]):
+            row = logits[0, t]
+            assert sc.ranks[t].item() == int((row > row[target]).sum()) + 1
+    assert score_tokens(model, seqs)[0].ranks is None

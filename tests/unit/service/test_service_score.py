@@ -162,3 +162,18 @@ def test_long_text_in_small_chunks_equals_one_pass(serve, service_ckpt, plain_wo
         assert b["tokens"] == a["tokens"]
         assert b["token_logprobs"] == pytest.approx(a["token_logprobs"], abs=1e-5)
         assert_matches_reference(service_ckpt, b)
+
+
+def test_token_ranks_agree_with_next_word_ranks(client) -> None:
+    """per_token also gives each token's rank; /next-word ranks the same word after the same prefix equally."""
+    r = client.post("/score", json={"text": "the stock market rose", "per_token": True})
+    result = r.json()["results"][0]
+    ranks = result["token_ranks"]
+    assert len(ranks) == result["num_tokens"] and all(isinstance(k, int) and k >= 1 for k in ranks)
+    tokens = result["tokens"]
+    for i, token in enumerate(tokens):
+        nw = client.post("/next-word", json={"prefix": " ".join(tokens[:i]), "top_k": 1, "candidates": [token]})
+        candidate = nw.json()["results"][0]["candidates"][0]
+        assert candidate["rank"] == ranks[i], (i, token)
+        assert candidate["logprob"] == pytest.approx(result["token_logprobs"][i], abs=1e-5)
+    assert client.post("/score", json={"text": "the stock"}).json()["results"][0]["token_ranks"] is None
