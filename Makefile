@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration docker-test wheels lint format train-small eval-small clean
+.PHONY: install serve test unit integration e2e docker-test wheels lint format train-small eval-small clean
 
 install: $(VENV)/.installed
 
@@ -22,14 +22,21 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# The whole suite: unit tests, then the curl-based integration tests against a locally started server.
-test: unit integration
+# The whole suite: unit tests, the curl-based integration tests against a locally started server, and the
+# web page in a headless browser.
+test: unit integration e2e
 
 unit: install
 	$(PY) -m pytest -q
 
 integration: install
 	PY=$(PY) tests/integration/local.sh $(MODEL)
+
+# Debian's Chromium, driven by Playwright; installed here when missing (as root, as on the build machines).
+e2e: install
+	@command -v chromium >/dev/null || { echo "installing chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	$(PY) -m pytest -q tests/e2e
 
 # Images built, compose stack up and healthy, integration tests against it, scale-out check, torn down.
 docker-test:

@@ -10,9 +10,11 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lm.checkpoint import load_checkpoint
@@ -25,7 +27,8 @@ from service.settings import Settings
 
 log = logging.getLogger("service")
 
-ENDPOINTS = {"/score", "/next-word", "/healthz", "/readyz", "/metrics", "/model"}
+ENDPOINTS = {"/", "/score", "/next-word", "/healthz", "/readyz", "/metrics", "/model"}
+STATIC_DIR = Path(__file__).parent / "static"
 ERROR_RESPONSES = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
@@ -260,6 +263,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for p, d in zip(prepared, dists, strict=True)
         ]
         return NextWordResponse(model=request.app.state.ckpt.name, results=results)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: each word's probability as you type, next-word suggestions, a comparison mode."""
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict:

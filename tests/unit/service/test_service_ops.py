@@ -140,3 +140,14 @@ def test_cli_with_a_broken_checkpoint_says_one_line(tmp_path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert "config.json" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_web_page_and_its_files_are_served_from_the_package(client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in ("static/app.js", "static/style.css"):
+        assert asset in page.text
+        r = client.get("/" + asset)
+        assert r.status_code == 200 and len(r.content) > 500
+    assert "http" not in client.get("/static/app.js").text.replace("HTTP ", "")  # no CDN, nothing fetched elsewhere
+    assert client.get("/static/nope.js").status_code == 404
