@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import uvicorn
 
-from lm.checkpoint import CheckpointError, read_config
+from lm.checkpoint import CheckpointError, load_checkpoint
 from service.settings import Settings
 
 
@@ -38,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings: {e}", file=sys.stderr)
         return 2
     try:
-        read_config(settings.model)  # fail fast with one line, before uvicorn starts
+        load_checkpoint(settings.model)  # a bad checkpoint ends here with one line, before uvicorn starts
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
+    # uvicorn re-raises the SIGTERM it handled once it has finished the requests in flight: that stop is the
+    # normal end of a server, exit code 0 (not the default action's 143).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "service.app:create_app_from_env",
         factory=True,
@@ -50,8 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
+        access_log=False,  # service.access logs one JSON line per request instead
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        log_config=None,
     )
     return 0
+
+
+def configure_logging(level: str) -> None:
+    """Plain lines for the server's own messages; the access log is one bare JSON object per line."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access = logging.getLogger("service.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 if __name__ == "__main__":

@@ -8,26 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import signal
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lm.checkpoint import load_checkpoint
 from service.engine import BatchingEngine, EngineStoppedError, QueueFullError
-from service.errors import APIError, error_response, install_error_handlers
+from service.errors import APIError, install_error_handlers
 from service.metrics import CONTENT_TYPE, Metrics
+from service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestObserverMiddleware, endpoint_of
 from service.schemas import ErrorResponse, NextWordRequest, NextWordResponse, ScoreRequest, ScoreResponse
 from service.scoring import ModelRunner, Preparer, next_word_result, score_result
 from service.settings import Settings
 
 log = logging.getLogger("service")
 
-ENDPOINTS = {"/", "/score", "/next-word", "/healthz", "/readyz", "/metrics", "/model"}
 STATIC_DIR = Path(__file__).parent / "static"
 ERROR_RESPONSES = {
     code: {"model": ErrorResponse, "description": text}
@@ -39,93 +39,12 @@ ERROR_RESPONSES = {
         504: "timed out",
     }.items()
 }
-REJECT_REASONS = {"queue_full": "queue_full", "timeout": "timeout", "limit_exceeded": "too_long"}
-
-
-def _endpoint(scope: Scope) -> str:
-    path = scope.get("path", "")
-    return path if path in ENDPOINTS else "other"
-
-
-class RequestMetricsMiddleware:
-    """Counts and times every request by endpoint and status code (pure ASGI: no per-request task)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            endpoint = _endpoint(scope)
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
-
-
-class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`, by Content-Length up front or by counting a streamed body."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers", ()))
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send, int(declared))
-            return
-        # A body without Content-Length (chunked) is read and counted here, then replayed to the app: an error
-        # raised while FastAPI reads the body would become its generic 400, not the 413 a client should get.
-        chunks: list[bytes] = []
-        received = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: nobody to answer
-                return
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > self.max_bytes:
-                await self._reject(scope, receive, send, received)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
-        self.metrics.rejected.labels(_endpoint(scope), "too_long").inc()
-        response = error_response(
-            413,
-            "limit_exceeded",
-            f"request body of {size:,}+ bytes; at most {self.max_bytes:,}",
-            {"limit": "max_body_bytes", "value": size, "max": self.max_bytes},
-        )
-        await response(scope, receive, send)
+REJECT_REASONS = {
+    "queue_full": "queue_full",
+    "timeout": "timeout",
+    "limit_exceeded": "too_long",
+    "unauthorized": "unauthorized",
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -151,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.preparer = Preparer(ckpt, settings)
         metrics.model_info.labels(ckpt.name, str(runner.device), runner.dtype_name).set(1)
         app.state.ready = True
+        _drain_on_sigterm(app, settings.drain_s)
         log.info(
             "serving %s (%s parameters) on %s as %s",
             ckpt.path,
@@ -174,16 +94,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         responses={500: {"model": ErrorResponse, "description": "internal error"}},
     )
-    app.state.settings, app.state.metrics, app.state.ready = settings, metrics, False
+    app.state.settings, app.state.metrics, app.state.ready, app.state.draining = settings, metrics, False, False
 
     def on_reject(request: Request, status: int, code: str) -> None:
-        if 400 <= status < 500 or status in (503, 504):
+        if (400 <= status < 500 and code != "client_closed") or status in (503, 504):
             reason = REJECT_REASONS.get(code, "bad_request")
-            metrics.rejected.labels(_endpoint(request.scope), reason).inc()
+            metrics.rejected.labels(endpoint_of(request.scope), reason).inc()
 
     install_error_handlers(app, on_reject)
+    # Outermost last: observe (metrics, request id, log) -> API key -> body size -> the app.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if settings.api_key is not None:
+        protected = {"/score", "/next-word", "/model"} | ({"/metrics"} if settings.metrics_require_key else set())
+        app.add_middleware(
+            AuthMiddleware, key=settings.api_key.get_secret_value(), protected=protected, metrics=metrics
+        )
+    app.add_middleware(RequestObserverMiddleware, metrics=metrics)
 
     def preparer(request: Request) -> Preparer:
         """The request preparer, once the lifespan has loaded the model (503 before, never a 500)."""
@@ -192,11 +118,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return request.app.state.preparer
 
     async def run(request: Request, kind: str, sequences: list[list[int]]) -> list:
+        """Queue the sequences and wait for their results: 429 if they do not fit, 504 past the deadline; the
+        work of a request that timed out or whose client went away is dropped from the queue, not computed."""
         state = request.app.state
         if not state.ready:
             raise APIError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
+        request.state.sequences = len(sequences)
+        request.state.batch_size = 0
+
+        def on_batch(n: int) -> None:
+            request.state.batch_size = max(request.state.batch_size, n)
+
         try:
-            futures = state.engine.submit(kind, sequences)
+            futures = state.engine.submit(kind, sequences, on_batch)
         except QueueFullError as e:
             raise APIError(
                 429,
@@ -207,14 +141,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ) from None
         except EngineStoppedError:
             raise APIError(503, "not_ready", "the server is shutting down", headers={"Retry-After": "1"}) from None
+        results = asyncio.ensure_future(asyncio.gather(*futures))
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), settings.request_timeout_s)
-        except TimeoutError:
-            for f in futures:
-                f.cancel()
-            raise APIError(
-                504, "timeout", f"not answered within {settings.request_timeout_s:g} s; the work was dropped"
-            ) from None
+            done, _ = await asyncio.wait(
+                {results, gone}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if results in done:
+            return results.result()
+        results.cancel()  # cancels every future: the worker skips them
+        if gone in done:
+            metrics.rejected.labels(endpoint_of(request.scope), "client_closed").inc()
+            raise APIError(499, "client_closed", "the client closed the connection; the work was dropped")
+        raise APIError(504, "timeout", f"not answered within {settings.request_timeout_s:g} s; the work was dropped")
 
     @app.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, tags=["scoring"])
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
@@ -280,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz(request: Request):
         """The model is loaded and warmed up and the engine is running (503 otherwise)."""
         state = request.app.state
-        if state.ready and state.engine.running:
+        if state.ready and state.engine.running and not state.draining:
             return {"status": "ready", "model": state.ckpt.name, "queue_size": state.engine.queue_size()}
         return JSONResponse(
             {
@@ -320,6 +261,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     return app
+
+
+async def _client_gone(request: Request, poll_s: float = 0.1) -> None:
+    """Returns once the client has closed the connection."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(poll_s)
+
+
+def _drain_on_sigterm(app: FastAPI, drain_s: float) -> None:
+    """On SIGTERM, /readyz turns 503 at once (a load balancer stops sending), and uvicorn's own handler (stop
+    accepting, finish what was accepted) runs `drain_s` seconds later. Only in the main thread, where uvicorn
+    installed its handler; elsewhere (tests) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(server_handler):
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(sig: int, frame) -> None:
+        if app.state.draining or drain_s == 0:
+            app.state.draining = True
+            server_handler(sig, frame)
+            return
+        app.state.draining = True
+        log.info("SIGTERM: draining for %g s (/readyz answers 503), then stopping", drain_s)
+        loop.call_soon_threadsafe(loop.call_later, drain_s, server_handler, sig, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def create_app_from_env() -> FastAPI:

@@ -38,6 +38,7 @@ class WorkItem:
     ids: list[int]  # token ids, the priming <eos> first
     future: asyncio.Future = field(repr=False)
     enqueued: float = field(default_factory=time.monotonic)
+    on_batch: Callable[[int], None] | None = field(default=None, repr=False)  # told the size of its batch
 
 
 class BatchingEngine:
@@ -87,8 +88,13 @@ class BatchingEngine:
         self._task = None
         self._executor.shutdown(wait=True)
 
-    def submit(self, kind: str, sequences: Sequence[list[int]]) -> list[asyncio.Future]:
-        """Queue one item per sequence and return their futures; all or nothing."""
+    def submit(
+        self, kind: str, sequences: Sequence[list[int]], on_batch: Callable[[int], None] | None = None
+    ) -> list[asyncio.Future]:
+        """Queue one item per sequence and return their futures; all or nothing.
+
+        `on_batch(n)` is called, on the event loop, with the size of each batch one of the sequences runs in.
+        """
         if not self.running or self._stopping:
             raise EngineStoppedError("the engine is not running")
         if len(self._queue) + len(sequences) > self.max_queue:
@@ -99,7 +105,7 @@ class BatchingEngine:
         futures = []
         now = time.monotonic()
         for ids in sequences:
-            item = WorkItem(kind, ids, loop.create_future(), now)
+            item = WorkItem(kind, ids, loop.create_future(), now, on_batch)
             self._queue.append(item)
             futures.append(item.future)
         self.metrics.queue_size.set(len(self._queue))
@@ -155,6 +161,8 @@ class BatchingEngine:
             started = time.monotonic()
             for item in batch:
                 self.metrics.queue_wait.observe(started - item.enqueued)
+                if item.on_batch is not None:
+                    item.on_batch(len(batch))
             try:
                 results = await loop.run_in_executor(self._executor, self.run_batch, batch)
             except Exception as e:  # the batch fails, the engine does not

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from service.schemas import NextWordResult, SentenceScore, WordProb
 from service.settings import Settings
 
 LN10 = math.log(10)
+log = logging.getLogger("service.scoring")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -40,7 +42,24 @@ class ModelRunner:
         self.max_chunk_tokens = settings.max_chunk_tokens
 
     def run(self, items: list[WorkItem]) -> list[TokenScores | Tensor]:
-        """Scores (with ranks) for "score" items, the next-token log-distribution (V,) for "next" items."""
+        """Scores (with ranks) for "score" items, the next-token log-distribution (V,) for "next" items.
+
+        Out of device memory, the batch is split in halves and each half retried, down to single items.
+        """
+        try:
+            return self._run(items)
+        except torch.OutOfMemoryError:
+            if len(items) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(items) // 2
+            log.warning(
+                "out of memory on a batch of %d sequences: retrying as %d + %d", len(items), half, len(items) - half
+            )
+            return self.run(items[:half]) + self.run(items[half:])
+
+    def _run(self, items: list[WorkItem]) -> list[TokenScores | Tensor]:
         results: list[TokenScores | Tensor | None] = [None] * len(items)
         score_idx = [i for i, it in enumerate(items) if it.kind == "score"]
         if score_idx:

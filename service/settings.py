@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = Path("models/ptb-small")
@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model and engine")
     log_level: str = "info"
+    graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
+    drain_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, serve this long with /readyz at 503 before closing (load balancers)"
+    )
+
+    # Access
+    api_key: SecretStr | None = Field(None, description="if set, /score, /next-word and /model need this bearer key")
+    metrics_require_key: bool = Field(False, description="put /metrics behind the API key too")
 
     # Batching engine
     max_batch_sequences: int = Field(64, ge=1, description="sequences per forward pass at most")

@@ -1,0 +1,101 @@
+"""SIGTERM under load: the server stops accepting, answers everything it accepted, and exits 0; with a drain
+period /readyz turns 503 first so that a load balancer stops sending."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(model: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model", str(model), "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "LMSERVE_THREADS": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server not ready: {proc.stderr.read()}")
+
+
+def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(service_ckpt) -> None:
+    # A long batching wait keeps requests queued when the signal comes: those must be computed, not dropped.
+    proc, base = start(service_ckpt.path, LMSERVE_MAX_WAIT_MS="150", LMSERVE_MAX_BATCH_SEQUENCES="4")
+    outcomes: list[object] = []
+    started = threading.Event()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            try:
+                # One connection per request: a request is accepted once it is sent on an open connection.
+                with httpx.Client(timeout=30) as c:
+                    r = c.post(base + "/score", json={"sentences": [f"the stock market {i}"] * 3})
+                    result: object = r.status_code
+            except httpx.ConnectError:
+                result = "refused"  # after the listener closed: never accepted, nothing to answer
+            except httpx.HTTPError as e:
+                result = f"lost: {type(e).__name__}: {e}"
+            with lock:
+                outcomes.append(result)
+            started.set()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    time.sleep(0.5)  # the load is running: requests in flight and in the queue
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    stop.set()  # no new requests after the signal (a request sent after it may or may not be accepted)
+    for t in threads:
+        t.join(30)
+    code = proc.wait(30)
+    assert code == 0, proc.stderr.read()
+    answered = [o for o in outcomes if o == 200]
+    assert len(answered) >= 8
+    assert all(o in (200, "refused") for o in outcomes), [o for o in outcomes if o not in (200, "refused")]
+
+
+def test_drain_period_turns_readyz_503_while_still_serving(service_ckpt) -> None:
+    proc, base = start(service_ckpt.path, LMSERVE_DRAIN_S="1.5")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ready = httpx.get(base + "/readyz", timeout=5)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        # Still answering during the drain: a load balancer has time to stop sending.
+        assert httpx.post(base + "/score", json={"text": "the stock market"}, timeout=5).status_code == 200
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 200
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
