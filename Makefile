@@ -46,12 +46,12 @@ wheels:
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
 lint: install
-	$(VENV)/bin/ruff check lm trainer service tests
-	$(VENV)/bin/ruff format --check lm trainer service tests
+	$(VENV)/bin/ruff check lm trainer service tests benchmarks
+	$(VENV)/bin/ruff format --check lm trainer service tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format lm trainer service tests
-	$(VENV)/bin/ruff check --fix lm trainer service tests
+	$(VENV)/bin/ruff format lm trainer service tests benchmarks
+	$(VENV)/bin/ruff check --fix lm trainer service tests benchmarks
 
 train-small: install
 	$(PY) -m trainer train --config small --data-dir $(PTB_DATA_DIR) --out models/ptb-small

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from lm.checkpoint import load_checkpoint
@@ -32,10 +32,13 @@ STATIC_DIR = Path(__file__).parent / "static"
 ERROR_RESPONSES = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
+        400: "body not readable as JSON",
+        401: "missing or wrong API key (when the server has one)",
         413: "body too large",
         422: "invalid request or a limit exceeded",
         429: "queue full: retry after Retry-After seconds",
         503: "not ready",
+        500: "internal error (details in the server log)",
         504: "timed out",
     }.items()
 }
@@ -92,7 +95,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "All log-probabilities are natural logs unless the field says log10."
         ),
         lifespan=lifespan,
-        responses={500: {"model": ErrorResponse, "description": "internal error"}},
     )
     app.state.settings, app.state.metrics, app.state.ready, app.state.draining = settings, metrics, False, False
 
@@ -235,7 +237,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
     async def metrics_route() -> Response:
         """Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -260,7 +267,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "training": {k: ckpt.training.get(k) for k in ("name", "max_epochs_run", "device", "seed")},
         }
 
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Write the serving limits (settings) into the OpenAPI schema, so that it says what the server accepts."""
+    generate = app.openapi
+
+    def bound(prop: dict, **limits: int) -> None:
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") in ("string", "array", "integer"):
+                key = {"string": "maxLength", "array": "maxItems", "integer": "maximum"}[branch["type"]]
+                branch[key] = limits[key]
+                if branch["type"] == "array" and "item_max_length" in limits:
+                    branch["items"]["maxLength"] = limits["item_max_length"]
+
+    def openapi() -> dict:
+        schema = generate()
+        models = schema["components"]["schemas"]
+        score, nxt = models["ScoreRequest"]["properties"], models["NextWordRequest"]["properties"]
+        chars, items = settings.max_chars, settings.max_sentences
+        bound(score["text"], maxLength=chars)
+        bound(score["sentences"], maxItems=items, item_max_length=chars)
+        bound(nxt["prefix"], maxLength=chars)
+        bound(nxt["prefixes"], maxItems=items, item_max_length=chars)
+        bound(nxt["top_k"], maximum=settings.max_top_k)
+        bound(nxt["candidates"], maxItems=settings.max_candidates, item_max_length=chars)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _client_gone(request: Request, poll_s: float = 0.1) -> None:
