@@ -53,7 +53,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    pl = sub.add_parser("plot", help="one plot of the learning curves of several trained checkpoints")
+    pl.add_argument("models", type=Path, nargs="+", help="checkpoint directories (each with train_log.jsonl)")
+    pl.add_argument("--out", type=Path, required=True, help="PNG to write")
     return p
+
+
+def _plot(args: argparse.Namespace) -> None:
+    import json
+
+    from trainer.plot import plot_learning_curves
+
+    runs = {}
+    for path in args.models:
+        log = path / "train_log.jsonl"
+        if not log.is_file():
+            raise TrainerError(f"{log}: missing (is {path} a checkpoint written by the trainer?)")
+        runs[path.name] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
+    plot_learning_curves(runs, args.out)
+    print(args.out)
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -118,7 +136,7 @@ def _eval(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"download": _download, "train": _train, "eval": _eval}[args.command](args)
+        {"download": _download, "train": _train, "eval": _eval, "plot": _plot}[args.command](args)
     except (TrainerError, CheckpointError, VocabularyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

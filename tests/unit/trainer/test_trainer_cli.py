@@ -246,3 +246,20 @@ def test_python_m_trainer_usage_error() -> None:
     assert proc.returncode == 2
     assert "usage:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_plot_of_several_runs(capsys, tmp_path: Path) -> None:
+    runs = []
+    for name, ppl in (("run-a", 300.0), ("run-b", 200.0)):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"epoch": e, "train_ppl": ppl / e, "valid_ppl": ppl / e + 10} for e in (1, 2, 3)]
+        (d / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        runs.append(d)
+    out = tmp_path / "curves.png"
+    code, stdout, _ = run_cli(capsys, "plot", *runs, "--out", out)
+    assert code == 0 and stdout.strip() == str(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run_cli(capsys, "plot", tmp_path, "--out", out)
+    assert code == 2
+    assert_one_line_error(err, "train_log.jsonl")
