@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-MODEL ?= models/ptb-small
+MODEL ?= models/ptb-cpu
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb

@@ -1,4 +1,4 @@
-"""Run the service: `python -m service --model models/ptb-small --host 0.0.0.0 --port 8000`.
+"""Run the service: `python -m service --model models/ptb-cpu --host 0.0.0.0 --port 8000`.
 
 Flags override the `LMSERVE_*` environment variables of the same names; with `--workers N` each worker
 process loads its own copy of the model.

@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)` builds it; its lifespan loads the checkpoint, warms the model
 up, starts the batching engine, and stops it cleanly.
 
-    python -m service --model models/ptb-small --port 8000
+    python -m service --model models/ptb-cpu --port 8000
 """
 
 from __future__ import annotations

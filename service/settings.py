@@ -1,6 +1,6 @@
 """Service settings: every field comes from an `LMSERVE_`-prefixed environment variable, each default serves.
 
-LMSERVE_MODEL=models/ptb-small LMSERVE_MAX_WAIT_MS=2 python -m service
+LMSERVE_MODEL=models/ptb-cpu LMSERVE_MAX_WAIT_MS=2 python -m service
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = Path("models/ptb-small")
+DEFAULT_MODEL = Path("models/ptb-cpu")
 
 
 class Settings(BaseSettings):

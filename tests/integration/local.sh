@@ -2,10 +2,10 @@
 # Starts the service as a user would (python -m service) on a free local port, with a small queue so that the
 # overload check can see 429s, runs tests/integration/run.sh against it, and stops it.
 #
-#   tests/integration/local.sh [MODEL_DIR]        (default models/ptb-small; `make integration`)
+#   tests/integration/local.sh [MODEL_DIR]        (default models/ptb-cpu; `make integration`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MODEL=${1:-models/ptb-small}
+MODEL=${1:-models/ptb-cpu}
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 LOG=$(mktemp)
