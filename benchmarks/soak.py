@@ -3,22 +3,24 @@ of that capacity; prints requests served, errors, latency and the server's resid
 
     python benchmarks/soak.py --minutes 10 --fraction 0.8
 
-Load: POST /score with one PTB test sentence per request, drawn at random, from one asyncio client process on
-127.0.0.1 (sharing the machine's cores with the server). Capacity is the closed-loop rate of `--concurrency`
-clients over `--capacity-seconds`; the soak is open-loop at `fraction` x capacity for `--minutes`.
+Load: `hey` (apt-get install hey) on 127.0.0.1, POST /score with one PTB test sentence (line `--sentence` of
+ptb.test.txt), sharing the machine's cores with the server. Capacity is the closed-loop rate of
+`--concurrency` clients over `--capacity-seconds`; the soak is rate-limited to `fraction` x capacity for
+`--minutes`. The server's resident memory is read from /proc every 10 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import random
+import re
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,75 +62,24 @@ def start_server(model: str | None, threads: int | None) -> tuple[subprocess.Pop
     raise SystemExit("the server did not become ready")
 
 
-async def closed_loop(base: str, texts: list[str], concurrency: int, seconds: float) -> float:
-    """Requests/s that `concurrency` clients get, each sending its next request when the last is answered."""
-    done = 0
-    stop = time.perf_counter() + seconds
-    rng = random.Random(1)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                r = await c.post("/score", json={"text": rng.choice(texts)})
-                r.raise_for_status()
-                done += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - t0)
-
-
-async def open_loop(base: str, texts: list[str], rate: float, seconds: float, pid: int) -> dict:
-    """Send at `rate` requests/s for `seconds`, whatever the answers; count what comes back."""
-    rng = random.Random(2)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    rss: list[tuple[float, float]] = []
-    in_flight: set[asyncio.Task] = set()
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=256)) as c:
-
-        async def one(text: str) -> None:
-            t = time.perf_counter()
-            try:
-                r = await c.post("/score", json={"text": text})
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                    return
-                latencies.append(time.perf_counter() - t)
-            except httpx.HTTPError as e:
-                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-
-        t0 = time.perf_counter()
-        sent = 0
-        next_sample = t0
-        while (now := time.perf_counter()) - t0 < seconds:
-            if now >= next_sample:
-                rss.append((now - t0, rss_mib(pid)))
-                next_sample += 10
-            due = int((now - t0) * rate) - sent
-            for _ in range(due):
-                task = asyncio.create_task(one(rng.choice(texts)))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                sent += 1
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*in_flight)
-        elapsed = time.perf_counter() - t0
-    rss.append((elapsed, rss_mib(pid)))
-    lat = sorted(latencies)
-    q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [float("nan")] * 99
+def hey(base: str, body: Path, seconds: float, concurrency: int, rate: float | None = None) -> dict:
+    """Run `hey` against POST /score and parse its summary (requests/s, latency quantiles, status codes)."""
+    cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST", "-T", "application/json"]
+    if rate:
+        cmd += ["-q", f"{rate / concurrency:.3f}"]  # hey's -q is per worker
+    cmd += ["-D", str(body), base + "/score"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    codes = {m[0]: int(m[1]) for m in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    errors = (
+        re.findall(r"\[(\d+)\]\s+(.+)", out.split("Error distribution:")[1]) if "Error distribution:" in out else []
+    )
+    quantile = {q: float(v) for q, v in re.findall(r"\s(\d+)%% in ([\d.]+) secs".replace("%%", "%"), out)}
     return {
-        "sent": sent,
-        "served": len(latencies),
-        "errors": errors,
-        "seconds": round(elapsed, 1),
-        "achieved_rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(1000 * q[49], 2),
-        "p99_ms": round(1000 * q[98], 2),
-        "rss_mib_start": round(rss[0][1], 1),
-        "rss_mib_end": round(rss[-1][1], 1),
-        "rss_mib_max": round(max(r for _, r in rss), 1),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "codes": codes,
+        "errors": sum(int(n) for n, _ in errors),
+        "p50_ms": round(1000 * quantile.get("50", float("nan")), 2),
+        "p99_ms": round(1000 * quantile.get("99", float("nan")), 2),
     }
 
 
@@ -142,26 +93,57 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="LMSERVE_THREADS for the server")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PTB_DATA_DIR", "../shared/data/ptb")))
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--sentence", type=int, default=4, help="which line of ptb.test.txt every request scores")
     args = p.parse_args()
-    texts = sentences(args.data_dir)
+    if shutil.which("hey") is None:
+        raise SystemExit("needs `hey` (apt-get install hey)")
+    text = sentences(args.data_dir)[args.sentence]
+    body = Path(tempfile.mkstemp(suffix=".json")[1])
+    body.write_text(json.dumps({"text": text}))
     proc, base = start_server(args.model, args.threads)
     try:
-        capacity = asyncio.run(closed_loop(base, texts, args.concurrency, args.capacity_seconds))
+        capacity = hey(base, body, args.capacity_seconds, args.concurrency)["rps"]
+        rate = args.fraction * capacity
         print(
             f"capacity: {capacity:.1f} requests/s ({args.concurrency} closed-loop clients, {args.capacity_seconds:g} s)"
         )
-        rate = args.fraction * capacity
-        print(f"soak: {rate:.1f} requests/s for {args.minutes:g} min ...", flush=True)
-        result = asyncio.run(open_loop(base, texts, rate, 60 * args.minutes, proc.pid))
-        result = {"capacity_rps": round(capacity, 1), "target_rps": round(rate, 1), **result}
-        growth = 100 * (result["rss_mib_end"] - result["rss_mib_start"]) / result["rss_mib_start"]
-        result["rss_growth_pct"] = round(growth, 2)
-        print(json.dumps(result, indent=2))
+        print(f"soak: {rate:.1f} requests/s for {args.minutes:g} min, sentence: {text!r}", flush=True)
+        samples: list[float] = [rss_mib(proc.pid)]  # one every 10 s; [6] is after the first minute
+        result: dict = {}
+        runner = threading.Thread(
+            target=lambda: result.update(hey(base, body, 60 * args.minutes, args.concurrency, rate))
+        )
+        runner.start()
+        while runner.is_alive():
+            runner.join(10)
+            samples.append(rss_mib(proc.pid))
+        served = result["codes"].get("200", 0)
+        figures = {
+            "capacity_rps": round(capacity, 1),
+            "target_rps": round(rate, 1),
+            "minutes": args.minutes,
+            "achieved_rps": result["rps"],
+            "served_200": served,
+            "other_codes": {k: v for k, v in result["codes"].items() if k != "200"},
+            "errors": result["errors"],
+            "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
+            "rss_mib_start": round(samples[0], 1),
+            "rss_mib_end": round(samples[-1], 1),
+            "rss_mib_max": round(max(samples), 1),
+            "rss_growth_pct": round(100 * (samples[-1] - samples[0]) / samples[0], 2),
+            "rss_mib_after_1_min": round(samples[min(6, len(samples) - 1)], 1),
+            "rss_growth_after_1_min_pct": round(
+                100 * (samples[-1] - samples[min(6, len(samples) - 1)]) / samples[min(6, len(samples) - 1)], 2
+            ),
+        }
+        print(json.dumps(figures, indent=2))
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         proc.terminate()
         code = proc.wait(60)
+        body.unlink()
         print(f"server exit code after SIGTERM: {code}")
 
 
