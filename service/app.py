@@ -43,6 +43,7 @@ ERROR_RESPONSES = {
     }.items()
 }
 REJECT_REASONS = {
+    "client_closed": "client_closed",
     "queue_full": "queue_full",
     "timeout": "timeout",
     "limit_exceeded": "too_long",
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.ready, app.state.draining = settings, metrics, False, False
 
     def on_reject(request: Request, status: int, code: str) -> None:
-        if (400 <= status < 500 and code != "client_closed") or status in (503, 504):
+        if 400 <= status < 500 or status in (503, 504):
             reason = REJECT_REASONS.get(code, "bad_request")
             metrics.rejected.labels(endpoint_of(request.scope), reason).inc()
 
@@ -155,7 +156,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return results.result()
         results.cancel()  # cancels every future: the worker skips them
         if gone in done:
-            metrics.rejected.labels(endpoint_of(request.scope), "client_closed").inc()
             raise APIError(499, "client_closed", "the client closed the connection; the work was dropped")
         raise APIError(504, "timeout", f"not answered within {settings.request_timeout_s:g} s; the work was dropped")
 
