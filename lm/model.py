@@ -167,6 +167,17 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(out), state  # (B, T, V)
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when present, else CPU), `cpu` or `cuda`; ValueError for anything else or a missing GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
 def detach_state(state: State) -> State:
     """Cut the graph at a window boundary: truncated BPTT carries the values, not the history."""
     return state[0].detach(), state[1].detach()

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lm.checkpoint import Checkpoint
+from lm.model import resolve_device
 from lm.normalize import PTBNormalizer, whitespace_tokens
 from lm.scoring import TokenScores, next_token_logprobs, score_tokens
 from lm.vocab import EOS, UNK
@@ -35,7 +36,7 @@ class ModelRunner:
             torch.set_num_threads(settings.threads)
         self.ckpt = ckpt
         self.vocab = ckpt.vocab
-        self.device = _device(settings.device)
+        self.device = resolve_device(settings.device)
         self.dtype = DTYPES[settings.dtype]
         self.dtype_name = settings.dtype
         self.model = ckpt.model.to(self.device, self.dtype).eval()
@@ -82,14 +83,6 @@ class ModelRunner:
         eos = self.vocab.eos_id
         score_tokens(self.model, [[eos, eos, eos]], self.max_chunk_tokens, ranks=True)
         next_token_logprobs(self.model, [[eos]], self.max_chunk_tokens)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("LMSERVE_DEVICE=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from lm.checkpoint import load_checkpoint, save_checkpoint, sha256_file, update_metrics
 from lm.model import LSTMLanguageModel, ModelConfig, detach_state
+from lm.model import resolve_device as lm_resolve_device
 from lm.scoring import stream_nll
 from trainer.averaging import ParameterAverager
 from trainer.configs import TrainConfig, lr_at
@@ -70,13 +71,10 @@ class ResumeState:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainerError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise TrainerError(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
+    try:
+        return lm_resolve_device(name)
+    except ValueError as e:
+        raise TrainerError(f"--{e}") from None
 
 
 def perplexity(nll: float, count: int) -> float:
