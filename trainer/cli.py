@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace whatever --out holds")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    t.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast for the training forward pass, log-softmax in float32 (default: as the config says)",
+    )
 
     e = sub.add_parser("eval", help="perplexity of a PTB split, or per-sentence scores of a text file")
     e.add_argument("--model", type=Path, required=True, help="checkpoint directory")
@@ -85,7 +91,7 @@ def _download(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from trainer.train import RunOptions, train
 
-    config = get_config(args.config)
+    config = get_config(args.config, bf16=args.bf16)
     if args.max_epochs is not None and args.max_epochs < 1:
         raise TrainerError("--max-epochs must be at least 1")
     opts = RunOptions(

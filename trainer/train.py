@@ -22,12 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from lm.checkpoint import load_checkpoint, save_checkpoint, sha256_file, update_metrics
-from lm.model import LSTMLanguageModel, ModelConfig, detach_state
+from lm.model import LSTMLanguageModel, ModelConfig, State, detach_state
 from lm.model import resolve_device as lm_resolve_device
 from lm.scoring import stream_nll
 from trainer.averaging import ParameterAverager
@@ -159,6 +160,31 @@ def _prepare_out(opts: RunOptions, config: TrainConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def make_optimizer(model: LSTMLanguageModel, config: TrainConfig) -> torch.optim.SGD:
+    """Plain SGD at the config's learning rate (the schedule sets it per epoch)."""
+    return torch.optim.SGD(model.parameters(), lr=config.lr)
+
+
+def train_step(
+    model: LSTMLanguageModel, optimizer: torch.optim.Optimizer, config: TrainConfig, x: Tensor, y: Tensor, hidden: State
+) -> tuple[Tensor, State]:
+    """One step of truncated BPTT on a window (x, y), each (B, T): returns the mean NLL per token (a detached
+    scalar) and the state to carry into the next window. The trainer's step, and the one the benchmark times."""
+    hidden = detach_state(hidden)  # truncated BPTT: keep the values, drop the history
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        logits, hidden = model(x, hidden)  # (B, T, V)
+    hidden = (hidden[0].float(), hidden[1].float())
+    # Mean NLL per token, the log-softmax in float32 whatever the logits' dtype (read, not copied, from bf16).
+    loss = F.nll_loss(F.log_softmax(logits.reshape(-1, logits.shape[-1]), -1, dtype=torch.float32), y.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    # The tutorial's cost sums over time steps and averages over the batch: scale the per-token mean by
+    # num_steps so that lr=1.0 and the clipping norm mean what they mean in the paper.
+    (loss * config.num_steps).backward()
+    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    return loss.detach(), hidden
+
+
 def train(config: TrainConfig, opts: RunOptions) -> dict:
     """Train `config`, keep the best-by-validation checkpoint in `opts.out`, evaluate it on test.
 
@@ -194,8 +220,7 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
     model.to(device)
     averager = ParameterAverager(model) if config.asgd_start is not None else None
     state = _load_resume(opts.out, model, averager) if opts.resume else ResumeState()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    criterion = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(model, config)
 
     train_ids = corpus.train[: opts.train_tokens] if opts.train_tokens else corpus.train
     batched = batchify(train_ids, config.batch_size).to(device)
@@ -238,17 +263,7 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
         for step, (x, y) in enumerate(bar):
             if step >= steps:
                 break
-            hidden = detach_state(hidden)  # truncated BPTT: keep the values, drop the history
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                logits, hidden = model(x, hidden)  # (B, T, V)
-            hidden = (hidden[0].float(), hidden[1].float())
-            loss = criterion(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))  # mean NLL per token
-            optimizer.zero_grad(set_to_none=True)
-            # The tutorial's cost sums over time steps and averages over the batch: scale the per-token mean
-            # by num_steps so that lr=1.0 and the clipping norm mean what they mean in the paper.
-            (loss * config.num_steps).backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            loss, hidden = train_step(model, optimizer, config, x, y, hidden)
             if averaging:
                 averager.update()
             total_nll += loss.item() * y.numel()
