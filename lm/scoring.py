@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lm.model import LSTMLanguageModel
+from lm.model import LSTMLanguageModel, State
 
 DEFAULT_MAX_CHUNK_TOKENS = 8192
 
@@ -106,6 +106,59 @@ def token_logprobs(
 
 
 @torch.inference_mode()
+def final_states(
+    model: LSTMLanguageModel,
+    sequences: Sequence[Sequence[int]],
+    initial: Sequence[State | None] | None = None,
+    max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
+) -> State:
+    """The LSTM state (h, c), each (L, B, H), after the last token of each sequence, in input order.
+
+    Sequence i starts from `initial[i]` (a pair of (L, H) tensors: the state after some earlier tokens) or, if
+    that is None, from zeros; a sequence with an initial state may be empty (its state is returned as given).
+    Rows are packed, so each row's state is taken after its own last token, not after the padding.
+    """
+    layers, hidden = model.config.num_layers, model.config.hidden_size
+    weight = model.embedding.weight
+    batch = len(sequences)
+    initial = list(initial) if initial is not None else [None] * batch
+    if len(initial) != batch:
+        raise ValueError(f"{batch} sequences but {len(initial)} initial states")
+    if any(len(s) == 0 and st is None for s, st in zip(sequences, initial, strict=True)):
+        raise ValueError("a sequence without an initial state needs at least one token")
+    h = torch.zeros(layers, batch, hidden, dtype=weight.dtype, device=weight.device)
+    c = torch.zeros_like(h)
+    order = sorted(range(batch), key=lambda i: -len(sequences[i]))  # row r holds sequence order[r]
+    for row, i in enumerate(order):
+        if initial[i] is not None:
+            h[:, row], c[:, row] = initial[i][0], initial[i][1]
+    lengths = [len(sequences[i]) for i in order]
+    ids = torch.zeros(batch, max(lengths, default=0), dtype=torch.long)
+    for row, i in enumerate(order):
+        ids[row, : lengths[row]] = torch.as_tensor(sequences[i], dtype=torch.long)
+    ids = ids.to(weight.device)
+    start = 0
+    while (active := sum(1 for n in lengths if n > start)) > 0:  # a prefix of the rows: they are sorted
+        step = max(1, max_chunk_tokens // active)
+        steps = [min(n - start, step) for n in lengths[:active]]
+        x = model.embedding(ids[:active, start : start + max(steps)])
+        packed = nn.utils.rnn.pack_padded_sequence(x, steps, batch_first=True, enforce_sorted=True)
+        _, (h_a, c_a) = model.lstm(packed, (h[:, :active].contiguous(), c[:, :active].contiguous()))
+        h[:, :active], c[:, :active] = h_a, c_a
+        start += step
+    inverse = torch.empty(batch, dtype=torch.long)
+    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(batch)
+    inverse = inverse.to(weight.device)
+    return h[:, inverse], c[:, inverse]
+
+
+@torch.inference_mode()
+def next_from_states(model: LSTMLanguageModel, h: Tensor) -> Tensor:
+    """The float32 log-distribution (B, V) of the next token, from the LSTM state h (L, B, H)."""
+    return torch.log_softmax(model.decoder(h[-1]).float(), dim=-1).cpu()
+
+
+@torch.inference_mode()
 def next_token_logprobs(
     model: LSTMLanguageModel,
     sequences: Sequence[Sequence[int]],
@@ -116,16 +169,8 @@ def next_token_logprobs(
         return torch.zeros(0, model.config.vocab_size)
     if any(len(s) == 0 for s in sequences):
         raise ValueError("every sequence needs at least one token")
-    last: list[Tensor | None] = [None] * len(sequences)
-    for start, _ids, feats, order in _chunks(model, sequences, max_chunk_tokens):
-        b, t = feats.shape[:2]
-        for row in range(b):
-            i = order[row]
-            pos = len(sequences[i]) - 1 - start
-            if 0 <= pos < t:
-                last[i] = feats[row, pos]
-    h = torch.stack(last)  # (B, H)
-    return torch.log_softmax(model.decoder(h).float(), dim=-1).cpu()
+    h, _ = final_states(model, sequences, max_chunk_tokens=max_chunk_tokens)
+    return next_from_states(model, h)
 
 
 def stream_nll(

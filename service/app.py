@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         ckpt = await asyncio.to_thread(load_checkpoint, settings.model)
-        runner = ModelRunner(ckpt, settings)
+        runner = ModelRunner(ckpt, settings, metrics)
         await asyncio.to_thread(runner.warmup)
         engine = BatchingEngine(
             runner.run,

@@ -65,9 +65,21 @@ class Metrics:
             "Sum of -log p over /score predictions; live perplexity = exp(rate(this) / rate(tokens_scored))",
             registry=r,
         )
+        self.prefix_cache_lookups = Counter(
+            p + "prefix_cache_lookups",
+            "/next-word prefixes looked up in the state cache: hit (some prefix cached) or miss",
+            ["result"],
+            registry=r,
+        )
+        self.prefix_cache_tokens_reused = Counter(
+            p + "prefix_cache_tokens_reused", "Prefix tokens not re-run thanks to the state cache", registry=r
+        )
+        self.prefix_cache_entries = Gauge(p + "prefix_cache_entries", "LSTM states in the prefix cache", registry=r)
         self.model_info = Gauge(p + "model_info", "The model being served", ["model", "device", "dtype"], registry=r)
         for trigger in ("full", "timeout"):
             self.batches.labels(trigger)
+        for result in ("hit", "miss"):
+            self.prefix_cache_lookups.labels(result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

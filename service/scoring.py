@@ -12,10 +12,12 @@ from torch import Tensor
 from lm.checkpoint import Checkpoint
 from lm.model import resolve_device
 from lm.normalize import PTBNormalizer, whitespace_tokens
-from lm.scoring import TokenScores, next_token_logprobs, score_tokens
+from lm.scoring import TokenScores, final_states, next_from_states, score_tokens
 from lm.vocab import EOS, UNK
 from service.engine import WorkItem
 from service.errors import APIError
+from service.metrics import Metrics
+from service.prefix_cache import PrefixStateCache
 from service.schemas import NextWordResult, SentenceScore, WordProb
 from service.settings import Settings
 
@@ -31,7 +33,7 @@ class NonFiniteOutputError(RuntimeError):
 class ModelRunner:
     """The checkpoint on its device and dtype; `run(items)` is the engine's forward pass."""
 
-    def __init__(self, ckpt: Checkpoint, settings: Settings) -> None:
+    def __init__(self, ckpt: Checkpoint, settings: Settings, metrics: Metrics | None = None) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.ckpt = ckpt
@@ -41,6 +43,8 @@ class ModelRunner:
         self.dtype_name = settings.dtype
         self.model = ckpt.model.to(self.device, self.dtype).eval()
         self.max_chunk_tokens = settings.max_chunk_tokens
+        self.prefix_cache = PrefixStateCache(settings.prefix_cache_entries)
+        self.metrics = metrics
 
     def run(self, items: list[WorkItem]) -> list[TokenScores | Tensor]:
         """Scores (with ranks) for "score" items, the next-token log-distribution (V,) for "next" items.
@@ -69,7 +73,7 @@ class ModelRunner:
                 results[i] = sc
         next_idx = [i for i, it in enumerate(items) if it.kind == "next"]
         if next_idx:
-            dists = next_token_logprobs(self.model, [items[i].ids for i in next_idx], self.max_chunk_tokens)
+            dists = self._next([items[i].ids for i in next_idx])
             for i, dist in zip(next_idx, dists, strict=True):
                 results[i] = dist
         for r in results:
@@ -78,11 +82,32 @@ class ModelRunner:
                 raise NonFiniteOutputError("the model produced a non-finite log-probability")
         return results  # type: ignore[return-value]
 
+    def _next(self, sequences: list[list[int]]) -> Tensor:
+        """Next-token log-distributions (B, V); each prefix starts from the longest cached prefix's state."""
+        found = [self.prefix_cache.longest(ids) for ids in sequences]
+        h, c = final_states(
+            self.model,
+            [ids[n:] for ids, (n, _) in zip(sequences, found, strict=True)],
+            [state for _, state in found],
+            self.max_chunk_tokens,
+        )
+        for i, ids in enumerate(sequences):
+            self.prefix_cache.put(ids, (h[:, i], c[:, i]))
+        if self.metrics is not None and self.prefix_cache.max_entries:
+            m = self.metrics
+            hits = sum(1 for n, _ in found if n)
+            m.prefix_cache_lookups.labels("hit").inc(hits)
+            m.prefix_cache_lookups.labels("miss").inc(len(found) - hits)
+            m.prefix_cache_tokens_reused.inc(sum(n for n, _ in found))
+            m.prefix_cache_entries.set(len(self.prefix_cache))
+        return next_from_states(self.model, h)
+
     def warmup(self) -> None:
         """One pass of each kind, so the first request does not pay for lazy initialisation."""
         eos = self.vocab.eos_id
         score_tokens(self.model, [[eos, eos, eos]], self.max_chunk_tokens, ranks=True)
-        next_token_logprobs(self.model, [[eos]], self.max_chunk_tokens)
+        h, _ = final_states(self.model, [[eos]], max_chunk_tokens=self.max_chunk_tokens)
+        next_from_states(self.model, h)
 
 
 @dataclass

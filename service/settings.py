@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, description="how long the oldest queued item may wait for company")
     max_queue: int = Field(2048, ge=1, description="queued sequences at most; beyond that requests get 429")
     max_chunk_tokens: int = Field(8192, ge=1, description="time steps x batch rows per LSTM chunk (bounds memory)")
+    prefix_cache_entries: int = Field(
+        4096,
+        ge=0,
+        description="LSTM states of recent /next-word prefixes kept, so a prefix extended by a word costs one "
+        "step (type-ahead); one entry is 2 x layers x hidden numbers (4.8 KB for ptb-cpu); 0 turns it off",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request still unanswered after this gets 504")
     retry_after_s: int = Field(1, ge=0, description="the Retry-After header sent with 429")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lm.model import LSTMLanguageModel, ModelConfig
-from lm.scoring import next_token_logprobs, score_tokens, stream_nll, token_logprobs
+from lm.scoring import final_states, next_from_states, next_token_logprobs, score_tokens, stream_nll, token_logprobs
 
 
 def reference_logprobs(model, seq: list[int]) -> torch.Tensor:
@@ -144,3 +144,51 @@ def test_ranks_count_the_strictly_more_probable_words() -> None:
             row = logits[0, t]
             assert sc.ranks[t].item() == int((row > row[target]).sum()) + 1
     assert score_tokens(model, seqs)[0].ranks is None
+
+
+def reference_state(model, seq: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, c), each (L, H), after one plain forward pass over the whole sequence."""
+    with torch.no_grad():
+        _, (h, c) = model(torch.tensor([seq]))
+    return h[:, 0], c[:, 0]
+
+
+@pytest.mark.parametrize("max_chunk_tokens", [8192, 3])
+def test_final_states_are_each_sequences_own_not_the_paddings(make_model, sequences, max_chunk_tokens) -> None:
+    model = make_model()
+    h, c = final_states(model, sequences, max_chunk_tokens=max_chunk_tokens)
+    assert h.shape == c.shape == (model.config.num_layers, len(sequences), model.config.hidden_size)
+    for i, seq in enumerate(sequences):
+        ref_h, ref_c = reference_state(model, seq)
+        torch.testing.assert_close(h[:, i], ref_h, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c[:, i], ref_c, rtol=0, atol=1e-5)
+
+
+def test_final_states_continue_from_a_given_state(make_model, sequences) -> None:
+    """Running a prefix, then the rest from the prefix's state, ends where running the whole sequence ends;
+    an empty rest returns the given state; rows without a state start from zeros."""
+    model = make_model()
+    whole = sequences[2]  # 23 tokens
+    split = [1, 10, 22, 23]
+    prefix_states = final_states(model, [whole[:n] for n in split])
+    initial = [(prefix_states[0][:, i], prefix_states[1][:, i]) for i in range(len(split))]
+    rests = [whole[n:] for n in split]
+    h, c = final_states(model, [*rests, sequences[0]], [*initial, None])
+    ref_h, ref_c = reference_state(model, whole)
+    for i in range(len(split)):
+        torch.testing.assert_close(h[:, i], ref_h, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c[:, i], ref_c, rtol=0, atol=1e-5)
+    torch.testing.assert_close(h[:, -1], reference_state(model, sequences[0])[0], rtol=0, atol=1e-5)
+    # The distribution after the whole sequence, from its state alone.
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([whole]))
+    expected = torch.log_softmax(logits[0, -1].float(), -1)
+    torch.testing.assert_close(next_from_states(model, h[:, :1])[0], expected, rtol=0, atol=1e-5)
+
+
+def test_final_states_refuses_an_empty_sequence_without_a_state(make_model) -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="initial state"):
+        final_states(model, [[1, 2], []])
+    with pytest.raises(ValueError, match="2 sequences but 1"):
+        final_states(model, [[1], [2]], [None])
