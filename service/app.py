@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise APIError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
         return request.app.state.preparer
 
-    async def run(request: Request, kind: str, sequences: list[list[int]]) -> list:
+    async def run(request: Request, kind: str, sequences: list[list[int]], ranks: bool = False) -> list:
         """Queue the sequences and wait for their results: 429 if they do not fit, 504 past the deadline; the
         work of a request that timed out or whose client went away is dropped from the queue, not computed."""
         state = request.app.state
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request.state.batch_size = max(request.state.batch_size, n)
 
         try:
-            futures = state.engine.submit(kind, sequences, on_batch)
+            futures = state.engine.submit(kind, sequences, on_batch, ranks)
         except QueueFullError as e:
             raise APIError(
                 429,
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if results in done:
             return results.result()
         results.cancel()  # cancels every future: the worker skips them
+        results.add_done_callback(_retrieve)  # the cancellation is the outcome: nothing left to log
         if gone in done:
             raise APIError(499, "client_closed", "the client closed the connection; the work was dropped")
         raise APIError(504, "timeout", f"not answered within {settings.request_timeout_s:g} s; the work was dropped")
@@ -166,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         texts = [body.text] if body.text is not None else body.sentences
         prep.check_count(len(texts), "sentences")
         prepared = [prep.sentence(t, body.normalize, body.add_eos) for t in texts]
-        logprobs = await run(request, "score", [p.ids for p in prepared])
+        logprobs = await run(request, "score", [p.ids for p in prepared], ranks=body.per_token)
         results = [score_result(p, lp, body.per_token) for p, lp in zip(prepared, logprobs, strict=True)]
         n = sum(r.num_tokens for r in results)
         metrics.tokens_scored.labels("/score").inc(n)
@@ -297,6 +298,12 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark the outcome of an abandoned future as seen, so that asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _client_gone(request: Request, poll_s: float = 0.1) -> None:
