@@ -76,15 +76,20 @@ def score_tokens(
         b, t = feats.shape[:2]
         targets = ids[:b, start + 1 : start + 1 + t]  # (b, t') with t' = t, or t - 1 at the very end
         t_pred = targets.shape[1]
-        logits = model.decoder(feats[:, :t_pred]).float()  # (b, t', V)
-        target_logits = logits.gather(-1, targets.unsqueeze(-1))  # (b, t', 1)
-        lp = (target_logits.squeeze(-1) - torch.logsumexp(logits, dim=-1)).cpu()
-        rk = ((logits > target_logits).sum(-1) + 1).cpu() if ranks else None
-        for row in range(b):
-            i = order[row]
-            n = min(t_pred, len(sequences[i]) - 1 - start)
+        # Predictions in this chunk per row; the decoder runs on these positions only, never on padding.
+        counts = [max(0, min(t_pred, len(sequences[order[row]]) - 1 - start)) for row in range(b)]
+        positions = torch.arange(t_pred)[None, :] < torch.tensor(counts)[:, None]  # (b, t')
+        positions = positions.to(feats.device)
+        logits = model.decoder(feats[:, :t_pred][positions])  # (n, V), row by row
+        target = targets[positions][:, None]  # (n, 1)
+        lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, target).squeeze(-1).cpu()
+        rk = ((logits > logits.gather(-1, target)).sum(-1) + 1).cpu() if ranks else None
+        offset = 0
+        for row, n in enumerate(counts):
             if n > 0:
-                out[i].append((lp[row, :n], rk[row, :n] if rk is not None else None))
+                part = (lp[offset : offset + n], rk[offset : offset + n] if rk is not None else None)
+                out[order[row]].append(part)
+                offset += n
     results = []
     for parts in out:
         lps = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0)

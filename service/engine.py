@@ -39,6 +39,7 @@ class WorkItem:
     future: asyncio.Future = field(repr=False)
     enqueued: float = field(default_factory=time.monotonic)
     on_batch: Callable[[int], None] | None = field(default=None, repr=False)  # told the size of its batch
+    ranks: bool = False  # "score": also each token's rank (costs one more pass over the logits)
 
 
 class BatchingEngine:
@@ -89,7 +90,11 @@ class BatchingEngine:
         self._executor.shutdown(wait=True)
 
     def submit(
-        self, kind: str, sequences: Sequence[list[int]], on_batch: Callable[[int], None] | None = None
+        self,
+        kind: str,
+        sequences: Sequence[list[int]],
+        on_batch: Callable[[int], None] | None = None,
+        ranks: bool = False,
     ) -> list[asyncio.Future]:
         """Queue one item per sequence and return their futures; all or nothing.
 
@@ -105,7 +110,7 @@ class BatchingEngine:
         futures = []
         now = time.monotonic()
         for ids in sequences:
-            item = WorkItem(kind, ids, loop.create_future(), now, on_batch)
+            item = WorkItem(kind, ids, loop.create_future(), now, on_batch, ranks)
             self._queue.append(item)
             futures.append(item.future)
         self.metrics.queue_size.set(len(self._queue))

@@ -68,9 +68,10 @@ class ModelRunner:
         results: list[TokenScores | Tensor | None] = [None] * len(items)
         score_idx = [i for i, it in enumerate(items) if it.kind == "score"]
         if score_idx:
-            scores = score_tokens(self.model, [items[i].ids for i in score_idx], self.max_chunk_tokens, ranks=True)
+            ranks = any(items[i].ranks for i in score_idx)
+            scores = score_tokens(self.model, [items[i].ids for i in score_idx], self.max_chunk_tokens, ranks=ranks)
             for i, sc in zip(score_idx, scores, strict=True):
-                results[i] = sc
+                results[i] = sc if items[i].ranks else TokenScores(sc.logprobs)
         next_idx = [i for i, it in enumerate(items) if it.kind == "next"]
         if next_idx:
             dists = self._next([items[i].ids for i in next_idx])
