@@ -1,7 +1,7 @@
 """Soak benchmark: the server as a user starts it, its capacity measured, then a long steady load at a fraction
 of that capacity; prints requests served, errors, latency and the server's resident memory at start and end.
 
-    python benchmarks/soak.py --minutes 10 --fraction 0.8
+    python -m benchmarks.soak --minutes 10 --fraction 0.8
 
 Load: `hey` (apt-get install hey) on 127.0.0.1, POST /score with one PTB test sentence (line `--sentence` of
 ptb.test.txt), sharing the machine's cores with the server. Capacity is the closed-loop rate of
@@ -16,50 +16,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-import httpx
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from benchmarks.common import rss_mib, start_server, stop_server
 
 
 def sentences(data_dir: Path) -> list[str]:
-    lines = [line.strip() for line in (data_dir / "ptb.test.txt").read_text().splitlines() if line.strip()]
-    return lines
-
-
-def start_server(model: str | None, threads: int | None) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
-    if model:
-        cmd += ["--model", model]
-    env = {**os.environ, **({"LMSERVE_THREADS": str(threads)} if threads else {})}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not become ready")
+    return [line.strip() for line in (data_dir / "ptb.test.txt").read_text().splitlines() if line.strip()]
 
 
 def hey(base: str, body: Path, seconds: float, concurrency: int, rate: float | None = None) -> dict:
@@ -100,7 +66,8 @@ def main() -> None:
     text = sentences(args.data_dir)[args.sentence]
     body = Path(tempfile.mkstemp(suffix=".json")[1])
     body.write_text(json.dumps({"text": text}))
-    proc, base = start_server(args.model, args.threads)
+    server_args = ["--model", args.model] if args.model else []
+    proc, base = start_server(server_args, {"LMSERVE_THREADS": str(args.threads)} if args.threads else None)
     try:
         capacity = hey(base, body, args.capacity_seconds, args.concurrency)["rps"]
         rate = args.fraction * capacity
@@ -141,8 +108,7 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
-        proc.terminate()
-        code = proc.wait(60)
+        code = stop_server(proc)
         body.unlink()
         print(f"server exit code after SIGTERM: {code}")
 

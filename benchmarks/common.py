@@ -1,0 +1,148 @@
+"""What every benchmark shares: the machine's matmul ceiling, FLOP counts, medians, and docs/benchmarks.md.
+
+Each benchmark measures the ceiling in its own run (the machine is shared and its speed drifts), prints its
+tables, and replaces its own section of docs/benchmarks.md (between `<!-- begin NAME -->` and
+`<!-- end NAME -->`), leaving the other sections as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = REPO / "docs" / "benchmarks.md"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_DATA_DIR = Path(os.environ.get("PTB_DATA_DIR", REPO.parent / "shared" / "data" / "ptb"))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def timed(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """Seconds per call of `fn`, `repeats` times (at least `min_seconds` in all), after one untimed call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20) -> float:
+    """Median GFLOP/s of (m, k) @ (k, n) in `dtype` on this machine's CPU, at torch's thread count."""
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    times = timed(lambda: torch.mm(a, b, out=out), repeats, min_seconds=0.5)
+    return 2 * m * k * n / median(times) / 1e9
+
+
+def lstm_forward_flops(vocab: int, embed: int, hidden: int, layers: int) -> int:
+    """Multiply-adds x 2 per token of the forward pass: each layer's four gates over [input; h] and the
+    decoder over the vocabulary. Element-wise work (gate non-linearities, log-softmax) is not counted."""
+    gates = sum(2 * 4 * hidden * ((embed if k == 0 else hidden) + hidden) for k in range(layers))
+    return gates + 2 * hidden * vocab
+
+
+def training_flops(vocab: int, embed: int, hidden: int, layers: int) -> int:
+    """Per token of a training step: the forward pass and a backward pass of twice its matmul work."""
+    return 3 * lstm_forward_flops(vocab, embed, hidden, layers)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table; floats are given as the rows format them (pass strings)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    """How this benchmark was run: `python -m benchmarks.NAME ARGS` (run from the repository root)."""
+    args = " ".join(sys.argv[1:])
+    module = ".".join(Path(sys.argv[0]).resolve().relative_to(REPO).with_suffix("").parts)
+    return f"python -m {module}{' ' + args if args else ''}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: Sequence[str] = (), env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m service` as a user starts it, on a free port of 127.0.0.1; returns once /readyz says ready."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode}")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not become ready")
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.terminate()
+    return proc.wait(60)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def write_section(name: str, title: str, body: str, report: Path = REPORT) -> None:
+    """Replace (or append) the section `name` of the report with `title`, the command, the machine and `body`."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"<!-- begin {name} -->\n## {title}\n\n"
+        f"Command: `{command_line()}`  \nMachine: {machine()}; run {stamp}.\n\n{body.strip()}\n"
+        f"<!-- end {name} -->"
+    )
+    text = report.read_text(encoding="utf-8") if report.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text, encoding="utf-8")
+    print(f"wrote section {name!r} of {report.relative_to(REPO)}")

@@ -1,0 +1,161 @@
+"""Engine throughput, in process (no HTTP): the service's forward pass over PTB test sentences.
+
+    python benchmarks/engine.py                  # the served model (models/ptb-cpu), fp32 and bf16
+    python benchmarks/engine.py --batches 1 32 --repeats 1 --no-write
+
+Each PTB test sentence becomes what `/score` queues for it (`<eos>` + its words + `<eos>`); batches of
+consecutive sentences from a fixed shuffle go through `ModelRunner.run`, the function the batching engine calls
+(sorting, padding, chunked LSTM, float32 log-softmax, ranks, the NaN check). Tokens/s counts predictions; the
+figure is the median of `--repeats` passes over `--sentences` sentences. GFLOP/s counts the forward matmuls
+(LSTM gates and the decoder); the ceiling is a (4096, H) @ (H, V) matmul in the same dtype, measured in this run.
+
+bf16 vs fp32: the largest difference of any per-token log-probability over the sentences, and the perplexity
+of the sentences in each dtype.
+
+Type-ahead: every prefix of a sentence, word by word ("the", "the stock", ...), as single `/next-word`
+requests would ask, with the prefix-state cache on and off; milliseconds per prefix, and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+
+import torch
+
+from benchmarks.common import DEFAULT_DATA_DIR, REPO, lstm_forward_flops, matmul_gflops, median, table, write_section
+from lm.checkpoint import load_checkpoint
+from service.engine import WorkItem
+from service.scoring import ModelRunner
+from service.settings import Settings
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def sentences_ids(ckpt, data_dir, limit: int | None, seed: int = 0) -> list[list[int]]:
+    vocab = ckpt.vocab
+    lines = [ln.split() for ln in (data_dir / "ptb.test.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    random.Random(seed).shuffle(lines)
+    lines = lines[:limit] if limit else lines
+    return [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for words in lines]
+
+
+def items(seqs: list[list[int]], kind: str = "score") -> list[WorkItem]:
+    return [WorkItem(kind, ids, None) for ids in seqs]  # type: ignore[arg-type]  # no future: not queued
+
+
+def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: int) -> float:
+    """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`."""
+    batches = [items(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
+    predictions = sum(len(s) - 1 for s in seqs)
+    runner.run(batches[0])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            runner.run(b)
+        rates.append(predictions / (time.perf_counter() - t0))
+    return median(rates)
+
+
+def all_logprobs(runner: ModelRunner, seqs: list[list[int]], batch: int = 128) -> torch.Tensor:
+    out = []
+    for i in range(0, len(seqs), batch):
+        out += [r.logprobs for r in runner.run(items(seqs[i : i + batch]))]
+    return torch.cat(out).double()
+
+
+def type_ahead(runner: ModelRunner, seqs: list[list[int]], cache: bool, repeats: int) -> float:
+    """Median over repeats of the mean milliseconds per prefix, every prefix of every sentence in turn."""
+    saved = runner.prefix_cache.max_entries
+    runner.prefix_cache.max_entries = saved if cache else 0
+    prefixes = [ids[:n] for ids in seqs for n in range(1, len(ids))]  # <eos>, <eos> w1, <eos> w1 w2, ...
+    times = []
+    for _ in range(repeats):
+        runner.prefix_cache.clear()
+        t0 = time.perf_counter()
+        for p in prefixes:
+            runner.run(items([p], "next"))
+        times.append((time.perf_counter() - t0) / len(prefixes) * 1000)
+    runner.prefix_cache.max_entries = saved
+    runner.prefix_cache.clear()
+    return median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO / "models" / "ptb-cpu"))
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=lambda s: __import__("pathlib").Path(s))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128, 512])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPE_NAMES))
+    p.add_argument("--sentences", type=int, default=1024, help="test sentences per pass (batch 1: a quarter)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--type-ahead-sentences", type=int, default=20)
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = p.parse_args(argv)
+
+    ckpt = load_checkpoint(args.model)
+    cfg = ckpt.config
+    v, h = cfg.vocab_size, cfg.hidden_size
+    flops = lstm_forward_flops(v, cfg.embed_size, h, cfg.num_layers)
+    seqs = sentences_ids(ckpt, args.data_dir, args.sentences)
+    mean_len = sum(len(s) - 1 for s in seqs) / len(seqs)
+    print(f"{ckpt.name}: {len(seqs)} sentences, {mean_len:.1f} predictions each; {flops / 1e6:.2f} MFLOP/token")
+
+    # One checkpoint per dtype: the runner casts its model in place.
+    runners = {
+        d: ModelRunner(load_checkpoint(args.model), Settings(model=args.model, device="cpu", dtype=DTYPE_NAMES[d]))
+        for d in args.dtypes
+    }
+    ceilings = {d: matmul_gflops(4096, h, v, torch.float32 if d == "fp32" else torch.bfloat16) for d in args.dtypes}
+    rows = []
+    for batch in args.batches:
+        subset = seqs if batch > 1 else seqs[: max(1, len(seqs) // 4)]
+        row = [str(batch)]
+        for d in args.dtypes:
+            tps = throughput(runners[d], subset, batch, args.repeats)
+            gflops = tps * flops / 1e9
+            row += [f"{tps:,.0f}", f"{gflops:.0f}", f"{gflops / ceilings[d]:.0%}"]
+        rows.append(row)
+        print("  ".join(row), flush=True)
+    header = ["batch"] + [f"{d} {col}" for d in args.dtypes for col in ("tokens/s", "GFLOP/s", "of ceiling")]
+    ceiling_line = ", ".join(f"{d} {ceilings[d]:.0f} GFLOP/s" for d in args.dtypes)
+    body = (
+        f"Model `{ckpt.name}` ({ckpt.model.num_parameters():,} parameters, {flops / 1e6:.2f} MFLOP per token), "
+        f"{len(seqs)} PTB test sentences ({mean_len:.1f} predictions each; batch 1: the first quarter), median "
+        f"of {args.repeats} passes. Ceiling ((4096, {h}) @ ({h}, {v}) matmul): {ceiling_line}.\n\n"
+        + table(header, rows)
+    )
+    if {"fp32", "bf16"} <= set(args.dtypes):
+        lp32 = all_logprobs(runners["fp32"], seqs)
+        lp16 = all_logprobs(runners["bf16"], seqs)
+        diff = (lp32 - lp16).abs()
+        ppl32, ppl16 = math.exp(-lp32.mean().item()), math.exp(-lp16.mean().item())
+        line = (
+            f"bf16 vs fp32 over {lp32.numel():,} per-token log-probabilities: largest difference "
+            f"{diff.max().item():.4f} nats, mean {diff.mean().item():.4f}; perplexity of these sentences "
+            f"{ppl32:.3f} (fp32) vs {ppl16:.3f} (bf16)."
+        )
+        print(line)
+        body += "\n\n" + line
+    ta = seqs[: args.type_ahead_sentences]
+    runner = runners[args.dtypes[0]]
+    off = type_ahead(runner, ta, cache=False, repeats=args.repeats)
+    on = type_ahead(runner, ta, cache=True, repeats=args.repeats)
+    n_prefixes = sum(len(s) - 1 for s in ta)
+    line = (
+        f"Type-ahead ({args.dtypes[0]}): every prefix of {len(ta)} test sentences word by word ({n_prefixes} "
+        f"single-prefix passes, mean prefix {sum(len(s) * (len(s) - 1) / 2 for s in ta) / n_prefixes:.1f} "
+        f"tokens): {off:.2f} ms per prefix without the prefix-state cache, {on:.2f} ms with it: "
+        f"**{off / on:.1f}x** faster."
+    )
+    print(line)
+    body += "\n\n" + line
+    if not args.no_write:
+        write_section("engine", "Engine throughput (in process)", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""HTTP load: the server started as a user starts it (`python -m service`), driven by `wrk` on 127.0.0.1.
+
+    python -m benchmarks.http_load                      # every endpoint, concurrency 1-128, three server setups
+    python -m benchmarks.http_load --seconds 3 --concurrency 8 64 --setups batching --no-write
+
+Endpoints: `/healthz` (the framework's floor), `/score` with one PTB test sentence per request (drawn at random
+for every request by wrk's Lua script), `/score` with 32 random sentences per request, and `/next-word` for a
+random prefix (the first 0-20 words of a random test sentence; top_k 10). Each run is closed-loop: `c`
+connections for `--seconds` seconds after a one-second warm-up. Tokens/s are requests/s x the mean predictions
+per request of the body pool (`/score`: words + `<eos>`; `/next-word`: one). Errors are connection errors,
+timeouts and non-2xx answers.
+
+Server setups: `batching` (the defaults: 1 worker, dynamic batching), `no-batching` (LMSERVE_MAX_BATCH_SEQUENCES
+=1: one sequence per forward pass), `2-workers` (--workers 2, LMSERVE_THREADS=1 each, so that two processes do
+not fight over two cores). wrk shares the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import DEFAULT_DATA_DIR, start_server, stop_server, table, write_section
+
+LUA = r"""
+local bodies = {}
+local path = os.getenv("WRK_BODIES")
+if path then
+  for line in io.lines(path) do bodies[#bodies + 1] = line end
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("seed", counter)
+end
+function init(args)
+  math.randomseed(seed * 7919 + os.time())
+end
+function request()
+  if #bodies == 0 then return wrk.format() end
+  return wrk.format(nil, nil, nil, bodies[math.random(#bodies)])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, ' ..
+    '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+SETUPS = {
+    "batching": ([], {}),
+    "no-batching": ([], {"LMSERVE_MAX_BATCH_SEQUENCES": "1"}),
+    "2-workers": (["--workers", "2"], {"LMSERVE_THREADS": "1"}),
+}
+
+
+def body_pools(data_dir: Path, seed: int = 0, size: int = 2000) -> dict[str, tuple[str, list[str], float]]:
+    """endpoint name -> (path, one JSON body per line, mean predictions per request)."""
+    lines = [ln.strip() for ln in (data_dir / "ptb.test.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    rng = random.Random(seed)
+    one = [json.dumps({"text": s}) for s in lines]
+    one_tokens = sum(len(s.split()) + 1 for s in lines) / len(lines)
+    many, many_tokens = [], 0
+    for _ in range(size // 4):
+        batch = rng.sample(lines, 32)
+        many.append(json.dumps({"sentences": batch}))
+        many_tokens += sum(len(s.split()) + 1 for s in batch)
+    prefixes = []
+    for _ in range(size):
+        words = rng.choice(lines).split()
+        prefixes.append(json.dumps({"prefix": " ".join(words[: rng.randint(0, min(20, len(words)))]), "top_k": 10}))
+    return {
+        "/healthz": ("/healthz", [], 0.0),
+        "/score 1": ("/score", one, one_tokens),
+        "/score 32": ("/score", many, many_tokens / len(many)),
+        "/next-word": ("/next-word", prefixes, 1.0),
+    }
+
+
+def wrk(base: str, path: str, bodies_file: Path | None, script: Path, connections: int, seconds: float) -> dict:
+    threads = min(2, connections)
+    env = {"WRK_BODIES": str(bodies_file)} if bodies_file else {}
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s"]
+    cmd += ["-s", str(script), base + path]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", **env})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64, 128])
+    p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    p.add_argument("--endpoints", nargs="+", default=["/healthz", "/score 1", "/score 32", "/next-word"])
+    p.add_argument("--model", default=None, help="checkpoint (default: the service's default, models/ptb-cpu)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("needs wrk (apt-get install wrk)")
+
+    pools = body_pools(args.data_dir)
+    tmp = Path(tempfile.mkdtemp(prefix="http-load-"))
+    script = tmp / "bodies.lua"
+    script.write_text(LUA)
+    files = {}
+    for name, (_, bodies, _) in pools.items():
+        if bodies:
+            files[name] = tmp / f"{len(files)}.jsonl"
+            files[name].write_text("\n".join(bodies) + "\n")
+
+    rows, results = [], {}
+    for setup in args.setups:
+        server_args, env = SETUPS[setup]
+        proc, base = start_server([*(["--model", args.model] if args.model else []), *server_args], env)
+        try:
+            for name in args.endpoints:
+                path, _, tokens = pools[name]
+                for c in args.concurrency:
+                    wrk(base, path, files.get(name), script, c, 1.0)  # warm-up
+                    r = wrk(base, path, files.get(name), script, c, args.seconds)
+                    rps = r["requests"] / (r["duration_us"] / 1e6)
+                    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+                    results[(setup, name, c)] = {**r, "rps": rps, "errors": errors}
+                    row = [
+                        setup,
+                        name,
+                        str(c),
+                        f"{rps:,.0f}",
+                        f"{rps * tokens:,.0f}" if tokens else "",
+                        f"{r['p50_us'] / 1000:.1f}",
+                        f"{r['p95_us'] / 1000:.1f}",
+                        f"{r['p99_us'] / 1000:.1f}",
+                        str(errors),
+                    ]
+                    rows.append(row)
+                    print("  ".join(row), flush=True)
+        finally:
+            code = stop_server(proc)
+            if code != 0:
+                print(f"warning: the server exited with code {code}")
+    shutil.rmtree(tmp)
+
+    header = ["server", "endpoint", "conc.", "requests/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
+    body = (
+        f"Closed loop, {args.seconds:g} s per run after a 1 s warm-up, wrk with 2 threads (1 at concurrency 1). "
+        f"Mean predictions per request: /score 1 {pools['/score 1'][2]:.1f}, /score 32 {pools['/score 32'][2]:.0f}."
+        "\n\n" + table(header, rows)
+    )
+    summary = targets(results)
+    if summary:
+        print(summary)
+        body += "\n\n" + summary
+    if not args.no_write:
+        write_section("http", "HTTP load", body)
+
+
+def targets(results: dict) -> str:
+    """The issue's targets, read off this run's table."""
+    lines = []
+    s1, hz = results.get(("batching", "/score 1", 64)), results.get(("batching", "/healthz", 64))
+    if s1 and hz:
+        lines.append(
+            f"- `/score`, one sentence, concurrency 64: {s1['rps']:,.0f} requests/s = **{s1['rps'] / hz['rps']:.0%}** "
+            f"of `/healthz` ({hz['rps']:,.0f}); p99 {s1['p99_us'] / 1000:.1f} ms; {s1['errors']} errors."
+        )
+    for c in (32, 64, 128):
+        on, off = results.get(("batching", "/score 32", c)), results.get(("no-batching", "/score 32", c))
+        if on and off:
+            lines.append(
+                f"- `/score`, 32 sentences, concurrency {c}: batching on {on['rps']:,.1f} requests/s vs off "
+                f"{off['rps']:,.1f}: **{on['rps'] / off['rps']:.1f}x**."
+            )
+    return "Against the targets:\n\n" + "\n".join(lines) if lines else ""
+
+
+if __name__ == "__main__":
+    main()
