@@ -145,4 +145,4 @@ def write_section(name: str, title: str, body: str, report: Path = REPORT) -> No
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text, encoding="utf-8")
-    print(f"wrote section {name!r} of {report.relative_to(REPO)}")
+    print(f"wrote section {name!r} of {report}")

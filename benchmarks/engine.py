@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{diff.max().item():.4f} nats, mean {diff.mean().item():.4f}; perplexity of these sentences "
             f"{ppl32:.3f} (fp32) vs {ppl16:.3f} (bf16)."
         )
-        print(line)
         body += "\n\n" + line
     ta = seqs[: args.type_ahead_sentences]
     runner = runners[args.dtypes[0]]
@@ -151,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         f"tokens): {off:.2f} ms per prefix without the prefix-state cache, {on:.2f} ms with it: "
         f"**{off / on:.1f}x** faster."
     )
-    print(line)
     body += "\n\n" + line
+    print(body)
     if not args.no_write:
         write_section("engine", "Engine throughput (in process)", body)
 

@@ -10,9 +10,11 @@ connections for `--seconds` seconds after a one-second warm-up. Tokens/s are req
 per request of the body pool (`/score`: words + `<eos>`; `/next-word`: one). Errors are connection errors,
 timeouts and non-2xx answers.
 
-Server setups: `batching` (the defaults: 1 worker, dynamic batching), `no-batching` (LMSERVE_MAX_BATCH_SEQUENCES
-=1: one sequence per forward pass), `2-workers` (--workers 2, LMSERVE_THREADS=1 each, so that two processes do
-not fight over two cores). wrk shares the machine's cores with the server.
+Server setups: `batching` (the defaults: 1 worker, dynamic batching, float32, torch's thread count),
+`no-batching` (LMSERVE_MAX_BATCH_SEQUENCES=1: one sequence per forward pass), `2-workers` (--workers 2,
+LMSERVE_THREADS=1 each, so that two processes do not fight over two cores), `1-thread` (LMSERVE_THREADS=1: one
+core for torch, one for the event loop) and `bf16` (--dtype bfloat16). wrk shares the machine's cores with the
+server.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ SETUPS = {
     "batching": ([], {}),
     "no-batching": ([], {"LMSERVE_MAX_BATCH_SEQUENCES": "1"}),
     "2-workers": (["--workers", "2"], {"LMSERVE_THREADS": "1"}),
+    "1-thread": ([], {"LMSERVE_THREADS": "1"}),
+    "bf16": (["--dtype", "bfloat16"], {}),
 }
 
 
@@ -159,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     summary = targets(results)
     if summary:
-        print(summary)
         body += "\n\n" + summary
+    print(body)
     if not args.no_write:
         write_section("http", "HTTP load", body)
 

@@ -36,10 +36,9 @@ for image in python:3.11-slim prom/prometheus:v2.53.0 nginx:1.27; do
 done
 docker/airgap/make-base-images.sh
 
-if ! ls docker/airgap/wheels/*.whl >/dev/null 2>&1; then
-    log "wheelhouse"
-    docker/airgap/make-wheelhouse.sh
-fi
+# Every time: the project's dependencies may have changed since the wheelhouse was made (pip reuses its cache).
+log "wheelhouse"
+docker/airgap/make-wheelhouse.sh
 
 log "build"
 "${COMPOSE[@]}" build server

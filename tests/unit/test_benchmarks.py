@@ -1,0 +1,86 @@
+"""The benchmark scripts: their arithmetic and report writing, and a smoke run of each at the smallest size.
+
+The figures themselves are not asserted (speed is the benchmarks' job, not the tests'); what is asserted is that
+each script runs end to end on the real code paths and prints a table with a number in every cell.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_flop_counts_are_the_matmuls_of_the_model() -> None:
+    # Zaremba small: 2 layers of 4 gates over [200 input; 200 hidden], and a 200 x 10,000 decoder.
+    assert common.lstm_forward_flops(10000, 200, 200, 2) == 2 * (2 * 4 * 200 * 400) + 2 * 200 * 10000
+    assert common.lstm_forward_flops(10, 3, 5, 1) == 2 * 4 * 5 * 8 + 2 * 5 * 10
+    assert common.training_flops(10, 3, 5, 1) == 3 * common.lstm_forward_flops(10, 3, 5, 1)
+
+
+def test_a_section_is_replaced_in_place_and_others_are_kept(tmp_path, monkeypatch) -> None:
+    report = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "engine.py"), "--repeats", "1"])
+    common.write_section("engine", "Engine", "first", report)
+    common.write_section("http", "HTTP", "other", report)
+    common.write_section("engine", "Engine", "second", report)
+    text = report.read_text()
+    assert text.startswith("# Benchmarks\n")
+    assert "second" in text and "first" not in text and "other" in text
+    assert text.index("second") < text.index("other")  # replaced where it was
+    assert text.count("<!-- begin engine -->") == 1
+    assert "Command: `python -m benchmarks.engine --repeats 1`" in text
+
+
+def test_the_matmul_ceiling_is_a_positive_rate() -> None:
+    assert common.matmul_gflops(64, 32, 64, common.DTYPES["fp32"], repeats=2) > 0
+
+
+def run(*args: str, timeout: int = 600) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", *args, "--no-write"], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(out: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[c.strip() for c in row] for row in rows[1:]]  # without the header
+
+
+def test_training_benchmark_runs_both_loops() -> None:
+    out = run("benchmarks.training", "--configs", "small", "--dtypes", "fp32", "--rounds", "1", "--steps", "2")
+    (row,) = table_rows(out)
+    assert row[:2] == ["small", "fp32"]
+    assert all(re.search(r"\d", cell) for cell in row[2:])
+
+
+def test_engine_benchmark_runs_every_batch_size_and_the_type_ahead() -> None:
+    out = run(
+        "benchmarks.engine", "--batches", "1", "4", "--sentences", "8", "--repeats", "1", "--type-ahead-sentences", "1"
+    )
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "4"]
+    assert "largest difference" in out and "without the prefix-state cache" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
+def test_http_benchmark_drives_a_real_server() -> None:
+    out = run(
+        "benchmarks.http_load",
+        "--seconds", "1", "--concurrency", "2", "--setups", "batching", "--endpoints", "/healthz", "/score 1",
+    )  # fmt: skip
+    rows = table_rows(out)
+    assert [r[1] for r in rows] == ["/healthz", "/score 1"]
+    for row in rows:
+        assert float(row[3].replace(",", "")) > 0  # requests/s
+        assert row[-1] == "0"  # errors
