@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from lm.model import LSTMLanguageModel, State
 
 DEFAULT_MAX_CHUNK_TOKENS = 8192
+MIN_CHUNK_STEPS = 16
+MIN_CHUNK_TOKENS = 1024
 
 
 def _chunks(
@@ -39,7 +41,10 @@ def _chunks(
     start = 0
     while start < longest:
         active = sum(1 for n in lengths if n > start)  # a prefix of the rows: they are sorted
-        step = max(1, max_chunk_tokens // active)
+        # Up to where the shortest active row ends, but at least MIN_CHUNK_TOKENS / rows (and MIN_CHUNK_STEPS):
+        # rows leave at chunk boundaries, so long chunks compute padding, and short ones pay per-call overhead.
+        step = max(MIN_CHUNK_STEPS, MIN_CHUNK_TOKENS // active, lengths[active - 1] - start)
+        step = max(1, min(step, max_chunk_tokens // active))
         if state is not None and state[0].shape[1] != active:
             state = (state[0][:, :active].contiguous(), state[1][:, :active].contiguous())
         feats, state = model.features(ids[:active, start : start + step], state)
