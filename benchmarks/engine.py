@@ -84,6 +84,22 @@ def type_ahead(runner: ModelRunner, seqs: list[list[int]], cache: bool, repeats:
     return median(times)
 
 
+def next_after_extension(runner: ModelRunner, doc: list[int], length: int, cache: bool, repeats: int) -> float:
+    """Median milliseconds of `/next-word`'s pass for doc[: length + 1] when doc[:length] was asked just before."""
+    saved = runner.prefix_cache.max_entries
+    runner.prefix_cache.max_entries = saved if cache else 0
+    times = []
+    for _ in range(repeats):
+        runner.prefix_cache.clear()
+        runner.run(items([doc[:length]], "next"))
+        t0 = time.perf_counter()
+        runner.run(items([doc[: length + 1]], "next"))
+        times.append((time.perf_counter() - t0) * 1000)
+    runner.prefix_cache.max_entries = saved
+    runner.prefix_cache.clear()
+    return median(times)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(REPO / "models" / "ptb-cpu"))
@@ -151,6 +167,19 @@ def main(argv: list[str] | None = None) -> None:
         f"**{off / on:.1f}x** faster."
     )
     body += "\n\n" + line
+    doc = [t for ids in seqs for t in ids[:-1]]  # test sentences end to end, one <eos> between each
+    rows = []
+    for length in (8, 64, 512, 2048):
+        if length + 1 > len(doc):
+            break
+        off = next_after_extension(runner, doc, length, cache=False, repeats=args.repeats + 2)
+        on = next_after_extension(runner, doc, length, cache=True, repeats=args.repeats + 2)
+        rows.append([str(length), f"{off:.2f}", f"{on:.2f}", f"{off / on:.1f}x"])
+    body += (
+        "\n\nOne more word typed after a prefix of n tokens (test sentences end to end), the forward pass of "
+        f"the longer prefix, median of {args.repeats + 2}:\n\n"
+        + table(["prefix tokens", "no cache ms", "cache ms", "speed-up"], rows)
+    )
     print(body)
     if not args.no_write:
         write_section("engine", "Engine throughput (in process)", body)

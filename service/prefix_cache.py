@@ -40,11 +40,13 @@ class PrefixStateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def longest(self, ids: Sequence[int]) -> tuple[int, State | None]:
-        """(n, state after ids[:n]) for the longest cached prefix of `ids` (n <= len(ids)), or (0, None)."""
+    def longest(self, ids: Sequence[int], hashes: Sequence[int] | None = None) -> tuple[int, State | None]:
+        """(n, state after ids[:n]) for the longest cached prefix of `ids` (n <= len(ids)), or (0, None).
+
+        `hashes`: `prefix_hashes(ids)` if the caller has them already."""
         if not self._entries:
             return 0, None
-        hashes = prefix_hashes(ids)
+        hashes = prefix_hashes(ids) if hashes is None else hashes
         for n in range(len(ids), 0, -1):
             key = (n, hashes[n - 1])
             entry = self._entries.get(key)
@@ -53,11 +55,11 @@ class PrefixStateCache:
                 return n, entry[1]
         return 0, None
 
-    def put(self, ids: Sequence[int], state: tuple[Tensor, Tensor]) -> None:
+    def put(self, ids: Sequence[int], state: tuple[Tensor, Tensor], hashes: Sequence[int] | None = None) -> None:
         """Remember the state after all of `ids`; the least recently used entry goes when full."""
         if self.max_entries == 0 or not ids:
             return
-        key = (len(ids), prefix_hashes(ids)[-1])
+        key = (len(ids), (prefix_hashes(ids) if hashes is None else hashes)[-1])
         self._entries[key] = (tuple(ids), (state[0].clone(), state[1].clone()))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:

@@ -17,7 +17,7 @@ from lm.vocab import EOS, UNK
 from service.engine import WorkItem
 from service.errors import APIError
 from service.metrics import Metrics
-from service.prefix_cache import PrefixStateCache
+from service.prefix_cache import PrefixStateCache, prefix_hashes
 from service.schemas import NextWordResult, SentenceScore, WordProb
 from service.settings import Settings
 
@@ -85,7 +85,9 @@ class ModelRunner:
 
     def _next(self, sequences: list[list[int]]) -> Tensor:
         """Next-token log-distributions (B, V); each prefix starts from the longest cached prefix's state."""
-        found = [self.prefix_cache.longest(ids) for ids in sequences]
+        cache = self.prefix_cache
+        hashes = [prefix_hashes(ids) if cache.max_entries else None for ids in sequences]
+        found = [cache.longest(ids, h) for ids, h in zip(sequences, hashes, strict=True)]
         h, c = final_states(
             self.model,
             [ids[n:] for ids, (n, _) in zip(sequences, found, strict=True)],
@@ -93,14 +95,14 @@ class ModelRunner:
             self.max_chunk_tokens,
         )
         for i, ids in enumerate(sequences):
-            self.prefix_cache.put(ids, (h[:, i], c[:, i]))
-        if self.metrics is not None and self.prefix_cache.max_entries:
+            cache.put(ids, (h[:, i], c[:, i]), hashes[i])
+        if self.metrics is not None and cache.max_entries:
             m = self.metrics
             hits = sum(1 for n, _ in found if n)
             m.prefix_cache_lookups.labels("hit").inc(hits)
             m.prefix_cache_lookups.labels("miss").inc(len(found) - hits)
             m.prefix_cache_tokens_reused.inc(sum(n for n, _ in found))
-            m.prefix_cache_entries.set(len(self.prefix_cache))
+            m.prefix_cache_entries.set(len(cache))
         return next_from_states(self.model, h)
 
     def warmup(self) -> None:
