@@ -40,6 +40,7 @@ class WorkItem:
     enqueued: float = field(default_factory=time.monotonic)
     on_batch: Callable[[int], None] | None = field(default=None, repr=False)  # told the size of its batch
     ranks: bool = False  # "score": also each token's rank (costs one more pass over the logits)
+    queued: bool = field(default=False, repr=False)  # in the queue and counted in its size
 
 
 class BatchingEngine:
@@ -61,6 +62,10 @@ class BatchingEngine:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._queue: deque[WorkItem] = deque()
+        # Sequences in the queue that someone still waits for: what the bound counts. An item cancelled while
+        # queued (its client left, its request timed out) stops counting at once, though it leaves the deque
+        # only when the worker reaches it (or when a purge clears out many such items).
+        self._live = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -72,7 +77,21 @@ class BatchingEngine:
         return self._task is not None and not self._task.done()
 
     def queue_size(self) -> int:
-        return len(self._queue)
+        """Queued sequences still wanted (cancelled ones excluded)."""
+        return self._live
+
+    def _dequeued(self, item: WorkItem) -> None:
+        if item.queued:
+            item.queued = False
+            self._live -= 1
+
+    def _on_done(self, future: asyncio.Future, item: WorkItem) -> None:
+        """A queued item's future was cancelled: it no longer takes a place in the queue."""
+        if future.cancelled() and item.queued:
+            self._dequeued(item)
+            self.metrics.queue_size.set(self._live)
+            if len(self._queue) > 2 * self.max_queue:  # many dead items: drop them now, not when reached
+                self._queue = deque(it for it in self._queue if it.queued)
 
     async def start(self) -> None:
         if not self.running:
@@ -102,18 +121,18 @@ class BatchingEngine:
         """
         if not self.running or self._stopping:
             raise EngineStoppedError("the engine is not running")
-        if len(self._queue) + len(sequences) > self.max_queue:
-            raise QueueFullError(
-                f"{len(self._queue)} sequences queued, {len(sequences)} more would pass {self.max_queue}"
-            )
+        if self._live + len(sequences) > self.max_queue:
+            raise QueueFullError(f"{self._live} sequences queued, {len(sequences)} more would pass {self.max_queue}")
         loop = asyncio.get_running_loop()
         futures = []
         now = time.monotonic()
         for ids in sequences:
-            item = WorkItem(kind, ids, loop.create_future(), now, on_batch, ranks)
+            item = WorkItem(kind, ids, loop.create_future(), now, on_batch, ranks, queued=True)
+            item.future.add_done_callback(lambda f, item=item: self._on_done(f, item))
             self._queue.append(item)
             futures.append(item.future)
-        self.metrics.queue_size.set(len(self._queue))
+        self._live += len(sequences)
+        self.metrics.queue_size.set(self._live)
         self._wakeup.set()
         return futures
 
@@ -135,9 +154,10 @@ class BatchingEngine:
             item = self._queue.popleft()
             if item.future.done():  # cancelled or timed out while queued: nobody wants it
                 continue
+            self._dequeued(item)
             batch.append(item)
             tokens += n
-        self.metrics.queue_size.set(len(self._queue))
+        self.metrics.queue_size.set(self._live)
         return batch
 
     async def _worker(self) -> None:

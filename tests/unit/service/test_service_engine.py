@@ -186,3 +186,28 @@ def test_cancelled_items_are_not_computed() -> None:
     results, _ = run_engine(fake, body, max_wait_ms=20)
     assert results == [1, 3]
     assert fake.batches == [[[1], [3]]]
+
+
+def test_cancelled_items_free_their_place_in_the_queue_at_once() -> None:
+    """A client that leaves (or a request that times out) must not hold queue places until the worker gets to
+    its items: a new request fits as soon as the old one is cancelled."""
+    fake = FakeForward()
+
+    async def body(engine):
+        old = engine.submit("score", seqs(1, 1, 1))  # fills the queue (the worker waits up to 60 s for more)
+        with pytest.raises(QueueFullError):
+            engine.submit("score", [[9]])
+        for f in old:
+            f.cancel()
+        await asyncio.sleep(0)  # the cancellation callbacks run
+        size = engine.queue_size()
+        new = engine.submit("score", seqs(1, 1, 1, start=10))
+        with pytest.raises(QueueFullError):
+            engine.submit("score", [[9]])
+        return size, await asyncio.wait_for(asyncio.gather(*new), 5)
+
+    (size, results), metrics = run_engine(fake, body, max_queue=3, max_batch_sequences=3, max_wait_ms=60_000)
+    assert size == 0
+    assert results == [10, 11, 12]
+    assert fake.batches == [[[10], [11], [12]]]  # the cancelled ones were never computed
+    assert parse_metrics(metrics.render().decode())[("lmserve_queue_size", frozenset())] == 0
