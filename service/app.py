@@ -120,6 +120,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise APIError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "1"})
         return request.app.state.preparer
 
+    def busy(reason: str) -> APIError:
+        return APIError(
+            429,
+            "queue_full",
+            f"the server is busy ({reason}); retry later",
+            None,
+            {"Retry-After": str(settings.retry_after_s)},
+        )
+
+    async def admit(request: Request, n: int) -> None:
+        """429, before any text is normalised, if n sequences cannot be queued now. Under overload a refusal
+        must cost little and come slowly (`busy_delay_ms`), or refused clients retrying at once take the CPU
+        the forward pass needs."""
+        engine = request.app.state.engine
+        if engine.running and engine.queue_size() + n > engine.max_queue:
+            reason = f"{engine.queue_size()} sequences queued, {n} more would pass {engine.max_queue}"
+            await asyncio.sleep(settings.busy_delay_ms / 1000)
+            raise busy(reason)
+
     async def run(request: Request, kind: str, sequences: list[list[int]], ranks: bool = False) -> list:
         """Queue the sequences and wait for their results: 429 if they do not fit, 504 past the deadline; the
         work of a request that timed out or whose client went away is dropped from the queue, not computed."""
@@ -135,13 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             futures = state.engine.submit(kind, sequences, on_batch, ranks)
         except QueueFullError as e:
-            raise APIError(
-                429,
-                "queue_full",
-                f"the server is busy ({e}); retry later",
-                None,
-                {"Retry-After": str(settings.retry_after_s)},
-            ) from None
+            raise busy(str(e)) from None
         except EngineStoppedError:
             raise APIError(503, "not_ready", "the server is shutting down", headers={"Retry-After": "1"}) from None
         results = asyncio.ensure_future(asyncio.gather(*futures))
@@ -166,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prep = preparer(request)
         texts = [body.text] if body.text is not None else body.sentences
         prep.check_count(len(texts), "sentences")
+        await admit(request, len(texts))
         prepared = [prep.sentence(t, body.normalize, body.add_eos) for t in texts]
         logprobs = await run(request, "score", [p.ids for p in prepared], ranks=body.per_token)
         results = [score_result(p, lp, body.per_token) for p, lp in zip(prepared, logprobs, strict=True)]
@@ -198,6 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         texts = [body.prefix] if body.prefix is not None else body.prefixes
         prep.check_count(len(texts), "prefixes")
+        await admit(request, len(texts))
         prepared = [prep.prefix(t, body.normalize) for t in texts]
         dists = await run(request, "next", [p.ids for p in prepared])
         vocab = request.app.state.ckpt.vocab

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(30.0, gt=0, description="a request still unanswered after this gets 504")
     retry_after_s: int = Field(1, ge=0, description="the Retry-After header sent with 429")
+    busy_delay_ms: float = Field(
+        200.0,
+        ge=0,
+        description="a 429 is answered after this long: clients that retry at once, ignoring Retry-After, "
+        "cannot spin the server's CPU away from the forward pass",
+    )
 
     # Request limits (each enforced before any work is queued)
     max_sentences: int = Field(256, ge=1, description="sentences (or prefixes) per request")

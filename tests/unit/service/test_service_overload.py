@@ -138,3 +138,28 @@ def test_a_request_not_answered_in_time_gets_504(serve) -> None:
         assert client.post("/score", json=TEXT).status_code == 200
         samples = get_metrics(client)
         assert metric(samples, "lmserve_requests_rejected_total", endpoint="/score", reason="timeout") == 1
+
+
+def test_a_refusal_comes_before_normalising_and_after_busy_delay_ms(serve, monkeypatch) -> None:
+    """Under overload a 429 must cost the server little (no text is normalised for it) and come slowly, so that
+    clients retrying at once cannot spin the CPU away from the forward pass."""
+    from service.scoring import Preparer
+
+    with serve(max_queue=1, busy_delay_ms=300) as client:
+        prepared = []
+        real = Preparer.sentence
+        monkeypatch.setattr(Preparer, "sentence", lambda self, *a: prepared.append(a) or real(self, *a))
+        t0 = time.perf_counter()
+        r = client.post("/score", json={"sentences": ["the stock", "the market"]})  # 2 > max_queue
+        waited = time.perf_counter() - t0
+        assert_envelope(r, 429, "queue_full")
+        assert "retry-after" in r.headers
+        assert prepared == []
+        assert waited >= 0.3
+        r = client.post("/next-word", json={"prefixes": ["the", "a"]})
+        assert_envelope(r, 429, "queue_full")
+        assert client.post("/score", json=TEXT).status_code == 200 and len(prepared) == 1
+    with serve(max_queue=1, busy_delay_ms=0) as client:
+        t0 = time.perf_counter()
+        assert client.post("/score", json={"sentences": ["the stock", "the market"]}).status_code == 429
+        assert time.perf_counter() - t0 < 0.3
