@@ -52,6 +52,21 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20)
     return 2 * m * k * n / median(times) / 1e9
 
 
+def ceiling_gflops(shapes: Sequence[tuple[int, int, int]], dtype: torch.dtype) -> tuple[float, tuple[int, int, int]]:
+    """The best GFLOP/s of a matmul over `shapes` (m, k, n), and that shape: the machine's ceiling for a model
+    whose matmuls have those shapes."""
+    return max((matmul_gflops(m, k, n, dtype), (m, k, n)) for m, k, n in shapes)
+
+
+def model_matmul_shapes(tokens: int, vocab: int, embed: int, hidden: int, training: bool) -> list[tuple[int, int, int]]:
+    """The large matmuls of a pass over `tokens` positions: the decoder and the LSTM input projection; for
+    training also the decoder's two gradients."""
+    shapes = [(tokens, hidden, vocab), (tokens, embed, 4 * hidden)]
+    if training:
+        shapes += [(tokens, vocab, hidden), (hidden, tokens, vocab)]
+    return shapes
+
+
 def lstm_forward_flops(vocab: int, embed: int, hidden: int, layers: int) -> int:
     """Multiply-adds x 2 per token of the forward pass: each layer's four gates over [input; h] and the
     decoder over the vocabulary. Element-wise work (gate non-linearities, log-softmax) is not counted."""

@@ -75,6 +75,16 @@ SETUPS = {
     "1-thread": ([], {"LMSERVE_THREADS": "1"}),
     "bf16": (["--dtype", "bfloat16"], {}),
 }
+ENDPOINTS = ["/healthz", "/score 1", "/score 32", "/next-word"]
+# What each setup is run on unless --endpoints says otherwise: batching is off only for the scoring endpoints,
+# and the thread and dtype variants skip /healthz (which runs no model).
+SETUP_ENDPOINTS = {
+    "batching": ENDPOINTS,
+    "no-batching": ["/score 1", "/score 32"],
+    "2-workers": ENDPOINTS,
+    "1-thread": ["/score 1", "/score 32", "/next-word"],
+    "bf16": ["/score 1", "/score 32", "/next-word"],
+}
 
 
 def body_pools(data_dir: Path, seed: int = 0, size: int = 2000) -> dict[str, tuple[str, list[str], float]]:
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64, 128])
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    p.add_argument("--endpoints", nargs="+", default=["/healthz", "/score 1", "/score 32", "/next-word"])
+    p.add_argument("--endpoints", nargs="+", default=None, choices=ENDPOINTS, help="default: per setup")
     p.add_argument("--model", default=None, help="checkpoint (default: the service's default, models/ptb-cpu)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         server_args, env = SETUPS[setup]
         proc, base = start_server([*(["--model", args.model] if args.model else []), *server_args], env)
         try:
-            for name in args.endpoints:
+            for name in args.endpoints or SETUP_ENDPOINTS[setup]:
                 path, _, tokens = pools[name]
                 for c in args.concurrency:
                     wrk(base, path, files.get(name), script, c, 1.0)  # warm-up
