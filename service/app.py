@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         must cost little and come slowly (`busy_delay_ms`), or refused clients retrying at once take the CPU
         the forward pass needs."""
         engine = request.app.state.engine
-        if engine.running and engine.queue_size() + n > engine.max_queue:
+        if engine.running and not engine.has_room(n):
             reason = f"{engine.queue_size()} sequences queued, {n} more would pass {engine.max_queue}"
             await asyncio.sleep(settings.busy_delay_ms / 1000)
             raise busy(reason)

@@ -80,6 +80,10 @@ class BatchingEngine:
         """Queued sequences still wanted (cancelled ones excluded)."""
         return self._live
 
+    def has_room(self, n: int) -> bool:
+        """Whether n more sequences fit the queue now."""
+        return self._live + n <= self.max_queue
+
     def _dequeued(self, item: WorkItem) -> None:
         if item.queued:
             item.queued = False
@@ -121,7 +125,7 @@ class BatchingEngine:
         """
         if not self.running or self._stopping:
             raise EngineStoppedError("the engine is not running")
-        if self._live + len(sequences) > self.max_queue:
+        if not self.has_room(len(sequences)):
             raise QueueFullError(f"{self._live} sequences queued, {len(sequences)} more would pass {self.max_queue}")
         loop = asyncio.get_running_loop()
         futures = []
