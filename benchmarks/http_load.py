@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import DEFAULT_DATA_DIR, start_server, stop_server, table, write_section
+from benchmarks.common import DEFAULT_DATA_DIR, REPORT, start_server, stop_server, table, write_section
 
 LUA = r"""
 local bodies = {}
@@ -130,6 +130,52 @@ def wait_idle(base: str, timeout_s: float = 60.0) -> None:
     raise SystemExit("the server's queue did not empty")
 
 
+PLOT = REPORT.parent / "http-load.png"
+
+
+def plot(rows: list[list[str]], path: Path = PLOT) -> None:
+    """Answered requests/s and p99 latency against concurrency: one panel per endpoint, one line per setup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    endpoints = list(dict.fromkeys(r[1] for r in rows))
+    setups = list(dict.fromkeys(r[0] for r in rows))
+    colors = {setup: f"C{i}" for i, setup in enumerate(setups)}  # one colour per setup in every panel
+    fig, axes = plt.subplots(2, len(endpoints), figsize=(3.6 * len(endpoints), 6.4), squeeze=False)
+    for j, endpoint in enumerate(endpoints):
+        for setup in setups:
+            points = [r for r in rows if r[0] == setup and r[1] == endpoint]
+            if not points:
+                continue
+            c, color = [int(r[2]) for r in points], colors[setup]
+            axes[0][j].plot(c, [float(r[3].replace(",", "")) for r in points], marker="o", color=color)
+            axes[1][j].plot(c, [float(r[7].replace(",", "")) for r in points], marker="o", color=color)
+        axes[0][j].set_title(endpoint)
+        for i in (0, 1):
+            axes[i][j].set_xscale("log", base=2)
+            axes[i][j].set_xlabel("concurrent clients")
+            axes[i][j].grid(alpha=0.3)
+        axes[1][j].set_yscale("log")
+    axes[0][0].set_ylabel("answered requests/s")
+    axes[1][0].set_ylabel("p99 latency (ms)")
+    handles = [plt.Line2D([], [], color=colors[s], marker="o", label=s) for s in setups]
+    fig.legend(handles=handles, loc="upper center", ncol=len(setups), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def report_rows(report: Path = REPORT) -> list[list[str]]:
+    """The rows of the HTTP table in the report (for --plot-only)."""
+    text = report.read_text(encoding="utf-8")
+    section = text.split("<!-- begin http -->", 1)[1].split("<!-- end http -->", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| server ")]
+    return [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
@@ -139,7 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="checkpoint (default: the service's default, models/ptb-cpu)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    p.add_argument("--plot-only", action="store_true", help="redraw docs/http-load.png from the report's table")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(report_rows())
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk (apt-get install wrk)")
 
@@ -204,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     if not args.no_write:
         write_section("http", "HTTP load", body)
+        plot(rows)
 
 
 def targets(results: dict) -> str:
