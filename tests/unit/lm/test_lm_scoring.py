@@ -192,3 +192,15 @@ def test_final_states_refuses_an_empty_sequence_without_a_state(make_model) -> N
         final_states(model, [[1, 2], []])
     with pytest.raises(ValueError, match="2 sequences but 1"):
         final_states(model, [[1], [2]], [None])
+
+
+def test_one_more_token_for_every_row_takes_the_cell_path_and_agrees(make_model, sequences) -> None:
+    """Type-ahead: each row a cached prefix plus one word (the LSTM cells run directly, not nn.LSTM)."""
+    model = make_model()
+    rows = [s for s in sequences if len(s) >= 2]
+    h0, c0 = final_states(model, [s[:-1] for s in rows])
+    h, c = final_states(model, [s[-1:] for s in rows], [(h0[:, i], c0[:, i]) for i in range(len(rows))])
+    for i, seq in enumerate(rows):
+        ref_h, ref_c = reference_state(model, seq)
+        torch.testing.assert_close(h[:, i], ref_h, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c[:, i], ref_c, rtol=0, atol=1e-5)
