@@ -21,6 +21,17 @@ MIN_CHUNK_STEPS = 16
 MIN_CHUNK_TOKENS = 1024
 
 
+def _sorted_padded(sequences: Sequence[Sequence[int]], device: torch.device) -> tuple[list[int], list[int], Tensor]:
+    """(order, lengths, ids): rows sorted longest first (row r holds sequence order[r], of lengths[r] tokens),
+    right-padded with zeros into ids (B, longest) on `device`."""
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    lengths = [len(sequences[i]) for i in order]
+    ids = torch.zeros(len(order), max(lengths, default=0), dtype=torch.long)
+    for row, i in enumerate(order):
+        ids[row, : lengths[row]] = torch.as_tensor(sequences[i], dtype=torch.long)
+    return order, lengths, ids.to(device)
+
+
 def _chunks(
     model: LSTMLanguageModel, sequences: Sequence[Sequence[int]], max_chunk_tokens: int
 ) -> Iterator[tuple[int, Tensor, Tensor, list[int]]]:
@@ -29,14 +40,8 @@ def _chunks(
     Rows are sorted longest first (`order[i]` is the input index of row i), and a row leaves the batch once
     its sequence has ended, so late chunks carry only the long sequences.
     """
-    device = model.embedding.weight.device
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    lengths = [len(sequences[i]) for i in order]
-    batch, longest = len(order), lengths[0]
-    ids = torch.zeros(batch, longest, dtype=torch.long)
-    for row, i in enumerate(order):
-        ids[row, : lengths[row]] = torch.as_tensor(sequences[i], dtype=torch.long)
-    ids = ids.to(device)
+    order, lengths, ids = _sorted_padded(sequences, model.embedding.weight.device)
+    longest = lengths[0]
     state = None
     start = 0
     while start < longest:
@@ -136,17 +141,12 @@ def final_states(
         raise ValueError(f"{batch} sequences but {len(initial)} initial states")
     if any(len(s) == 0 and st is None for s, st in zip(sequences, initial, strict=True)):
         raise ValueError("a sequence without an initial state needs at least one token")
+    order, lengths, ids = _sorted_padded(sequences, weight.device)
     h = torch.zeros(layers, batch, hidden, dtype=weight.dtype, device=weight.device)
     c = torch.zeros_like(h)
-    order = sorted(range(batch), key=lambda i: -len(sequences[i]))  # row r holds sequence order[r]
     for row, i in enumerate(order):
         if initial[i] is not None:
             h[:, row], c[:, row] = initial[i][0], initial[i][1]
-    lengths = [len(sequences[i]) for i in order]
-    ids = torch.zeros(batch, max(lengths, default=0), dtype=torch.long)
-    for row, i in enumerate(order):
-        ids[row, : lengths[row]] = torch.as_tensor(sequences[i], dtype=torch.long)
-    ids = ids.to(weight.device)
     start = 0
     while (active := sum(1 for n in lengths if n > start)) > 0:  # a prefix of the rows: they are sorted
         step = max(1, max_chunk_tokens // active)
@@ -163,16 +163,14 @@ def final_states(
             _, (h_a, c_a) = model.lstm(packed, (h[:, :active].contiguous(), c[:, :active].contiguous()))
             h[:, :active], c[:, :active] = h_a, c_a
         start += step
-    inverse = torch.empty(batch, dtype=torch.long)
-    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(batch)
-    inverse = inverse.to(weight.device)
+    inverse = torch.argsort(torch.as_tensor(order)).to(weight.device)  # sequence i is in row inverse[i]
     return h[:, inverse], c[:, inverse]
 
 
 @torch.inference_mode()
 def next_from_states(model: LSTMLanguageModel, h: Tensor) -> Tensor:
     """The float32 log-distribution (B, V) of the next token, from the LSTM state h (L, B, H)."""
-    return torch.log_softmax(model.decoder(h[-1]).float(), dim=-1).cpu()
+    return torch.log_softmax(model.decoder(h[-1]), dim=-1, dtype=torch.float32).cpu()
 
 
 @torch.inference_mode()
