@@ -21,9 +21,11 @@ requests would ask, with the prefix-state cache on and off; milliseconds per pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -78,36 +80,43 @@ def all_logprobs(runner: ModelRunner, seqs: list[list[int]], batch: int = 128) -
     return torch.cat(out).double()
 
 
+@contextlib.contextmanager
+def prefix_cache(runner: ModelRunner, on: bool) -> Iterator[None]:
+    """The runner's prefix-state cache on (as configured) or off, empty on entry and on exit."""
+    saved = runner.prefix_cache.max_entries
+    runner.prefix_cache.max_entries = saved if on else 0
+    runner.prefix_cache.clear()
+    try:
+        yield
+    finally:
+        runner.prefix_cache.max_entries = saved
+        runner.prefix_cache.clear()
+
+
 def type_ahead(runner: ModelRunner, seqs: list[list[int]], cache: bool, repeats: int) -> float:
     """Median over repeats of the mean milliseconds per prefix, every prefix of every sentence in turn."""
-    saved = runner.prefix_cache.max_entries
-    runner.prefix_cache.max_entries = saved if cache else 0
     prefixes = [ids[:n] for ids in seqs for n in range(1, len(ids))]  # <eos>, <eos> w1, <eos> w1 w2, ...
     times = []
-    for _ in range(repeats):
-        runner.prefix_cache.clear()
-        t0 = time.perf_counter()
-        for p in prefixes:
-            runner.run(items([p], "next"))
-        times.append((time.perf_counter() - t0) / len(prefixes) * 1000)
-    runner.prefix_cache.max_entries = saved
-    runner.prefix_cache.clear()
+    with prefix_cache(runner, cache):
+        for _ in range(repeats):
+            runner.prefix_cache.clear()
+            t0 = time.perf_counter()
+            for p in prefixes:
+                runner.run(items([p], "next"))
+            times.append((time.perf_counter() - t0) / len(prefixes) * 1000)
     return median(times)
 
 
 def next_after_extension(runner: ModelRunner, doc: list[int], length: int, cache: bool, repeats: int) -> float:
     """Median milliseconds of `/next-word`'s pass for doc[: length + 1] when doc[:length] was asked just before."""
-    saved = runner.prefix_cache.max_entries
-    runner.prefix_cache.max_entries = saved if cache else 0
     times = []
-    for _ in range(repeats):
-        runner.prefix_cache.clear()
-        runner.run(items([doc[:length]], "next"))
-        t0 = time.perf_counter()
-        runner.run(items([doc[: length + 1]], "next"))
-        times.append((time.perf_counter() - t0) * 1000)
-    runner.prefix_cache.max_entries = saved
-    runner.prefix_cache.clear()
+    with prefix_cache(runner, cache):
+        for _ in range(repeats):
+            runner.prefix_cache.clear()
+            runner.run(items([doc[:length]], "next"))
+            t0 = time.perf_counter()
+            runner.run(items([doc[: length + 1]], "next"))
+            times.append((time.perf_counter() - t0) * 1000)
     return median(times)
 
 
