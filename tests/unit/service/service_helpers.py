@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,20 @@ class TinyServiceCheckpoint:
     path: Path
     model: LSTMLanguageModel
     vocab: Vocabulary
+
+
+def run_service_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m service ARGS` to its end, in the repository, without any LMSERVE_* of the caller's
+    environment; its output captured as text."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_async(app: FastAPI, body: Callable[[httpx.AsyncClient], Awaitable[Any]], **transport: Any) -> Any:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import METRICS, REPO_ROOT, assert_envelope
+from service_helpers import METRICS, assert_envelope, run_service_cli
 
 
 def test_healthz(client) -> None:
@@ -105,15 +102,7 @@ def test_openapi_lists_the_routes_with_examples(client) -> None:
 
 
 def test_cli_with_a_missing_model_says_one_line_and_exits_non_zero(tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "--model", "/nonexistent"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_service_cli("--model", "/nonexistent")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -126,15 +115,7 @@ def test_cli_with_a_broken_checkpoint_says_one_line(tmp_path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "--model", str(broken)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_service_cli("--model", str(broken))
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,13 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from service_helpers import assert_envelope, get_metrics, metric
+from service_helpers import assert_envelope, get_metrics, metric, run_service_cli
 
 from lm.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from service.scoring import ModelRunner
 
 KEY = "s3cret-key"
-REPO = Path(__file__).resolve().parents[3]
 
 
 # --- API key --------------------------------------------------------------------------------------------------
@@ -259,13 +256,7 @@ def test_bad_checkpoint_is_refused_at_start_with_one_line(service_ckpt, tmp_path
         (ck / CONFIG_FILE).write_text(json.dumps(meta))
     else:
         (ck / "vocab.txt").unlink()
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "--model", str(ck), "--port", "0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_service_cli("--model", str(ck), "--port", "0")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
