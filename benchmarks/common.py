@@ -27,6 +27,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_DATA_DIR = Path(os.environ.get("PTB_DATA_DIR", REPO.parent / "shared" / "data" / "ptb"))
 
 
+def ptb_test_sentences(data_dir: Path) -> list[str]:
+    """The non-empty lines of ptb.test.txt, stripped: the sentences every benchmark sends."""
+    text = (Path(data_dir) / "ptb.test.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -36,6 +36,7 @@ from benchmarks.common import (
     lstm_forward_flops,
     median,
     model_matmul_shapes,
+    ptb_test_sentences,
     table,
     write_section,
 )
@@ -49,7 +50,7 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 def sentences_ids(ckpt, data_dir, limit: int | None, seed: int = 0) -> list[list[int]]:
     vocab = ckpt.vocab
-    lines = [ln.split() for ln in (data_dir / "ptb.test.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [line.split() for line in ptb_test_sentences(data_dir)]
     random.Random(seed).shuffle(lines)
     lines = lines[:limit] if limit else lines
     return [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for words in lines]

@@ -30,7 +30,15 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import DEFAULT_DATA_DIR, REPORT, start_server, stop_server, table, write_section
+from benchmarks.common import (
+    DEFAULT_DATA_DIR,
+    REPORT,
+    ptb_test_sentences,
+    start_server,
+    stop_server,
+    table,
+    write_section,
+)
 
 LUA = r"""
 local bodies = {}
@@ -89,7 +97,7 @@ SETUP_ENDPOINTS = {
 
 def body_pools(data_dir: Path, seed: int = 0, size: int = 2000) -> dict[str, tuple[str, list[str], float]]:
     """endpoint name -> (path, one JSON body per line, mean predictions per request)."""
-    lines = [ln.strip() for ln in (data_dir / "ptb.test.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = ptb_test_sentences(data_dir)
     rng = random.Random(seed)
     one = [json.dumps({"text": s}) for s in lines]
     one_tokens = sum(len(s.split()) + 1 for s in lines) / len(lines)

@@ -21,11 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from benchmarks.common import rss_mib, start_server, stop_server
-
-
-def sentences(data_dir: Path) -> list[str]:
-    return [line.strip() for line in (data_dir / "ptb.test.txt").read_text().splitlines() if line.strip()]
+from benchmarks.common import ptb_test_sentences, rss_mib, start_server, stop_server
 
 
 def hey(base: str, body: Path, seconds: float, concurrency: int, rate: float | None = None) -> dict:
@@ -63,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     if shutil.which("hey") is None:
         raise SystemExit("needs `hey` (apt-get install hey)")
-    text = sentences(args.data_dir)[args.sentence]
+    text = ptb_test_sentences(args.data_dir)[args.sentence]
     body = Path(tempfile.mkstemp(suffix=".json")[1])
     body.write_text(json.dumps({"text": text}))
     server_args = ["--model", args.model] if args.model else []
