@@ -47,7 +47,8 @@ class ModelRunner:
         self.metrics = metrics
 
     def run(self, items: list[WorkItem]) -> list[TokenScores | Tensor]:
-        """Scores (with ranks) for "score" items, the next-token log-distribution (V,) for "next" items.
+        """Scores (ranks too where the item asks) for "score" items, the next-token log-distribution (V,) for "next"
+        items.
 
         Out of device memory, the batch is split in halves and each half retried, down to single items.
         """
