@@ -13,6 +13,7 @@ used only while training (inference is the same plain LSTM, so every checkpoint 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -177,6 +178,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda: no CUDA device is available (use cpu or auto)")
     return torch.device(name)
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether bfloat16 runs natively on this kind of device: on CUDA, what the GPU reports; on a CPU, whether
+    oneDNN has bf16 kernels (AVX-512 BF16 or AMX). Without them oneDNN cannot run an LSTM under bf16 autocast at
+    all, and other bf16 matmuls are emulated, slower than float32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def detach_state(state: State) -> State:

@@ -16,6 +16,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lm.checkpoint import load_checkpoint, save_checkpoint, sha256_file, update_metrics
-from lm.model import LSTMLanguageModel, ModelConfig, State, detach_state
+from lm.model import LSTMLanguageModel, ModelConfig, State, detach_state, native_bf16
 from lm.model import resolve_device as lm_resolve_device
 from lm.scoring import stream_nll
 from trainer.averaging import ParameterAverager
@@ -171,7 +172,8 @@ def train_step(
     """One step of truncated BPTT on a window (x, y), each (B, T): returns the mean NLL per token (a detached
     scalar) and the state to carry into the next window. The trainer's step, and the one the benchmark times."""
     hidden = detach_state(hidden)  # truncated BPTT: keep the values, drop the history
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+    # bf16 autocast where the device runs it natively; elsewhere float32 (train() says so once).
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.bf16 and native_bf16(x.device.type)):
         logits, hidden = model(x, hidden)  # (B, T, V)
     hidden = (hidden[0].float(), hidden[1].float())
     # Mean NLL per token, the log-softmax in float32 whatever the logits' dtype (read, not copied, from bf16).
@@ -228,8 +230,12 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
     if steps < 1:
         raise TrainerError(f"{train_ids.numel()} training tokens are too few for one window of this config")
 
+    bf16 = config.bf16 and native_bf16(device.type)
+    if config.bf16 and not bf16:
+        print(f"warning: bf16 asked for, but this {device.type} has no native bf16: float32 instead", file=sys.stderr)
     training_record = {
         **config.to_dict(),
+        "bf16_applied": bf16,
         "seed": opts.seed,
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -14,14 +14,14 @@ from safetensors.torch import load_file
 
 import trainer.train as train_module
 from lm.checkpoint import load_checkpoint
-from lm.model import LSTMLanguageModel, ModelConfig
+from lm.model import LSTMLanguageModel, ModelConfig, native_bf16
 from lm.scoring import stream_nll
 from lm.vocab import Vocabulary
 from trainer.configs import get_config
 from trainer.data import load_corpus, read_words
 from trainer.errors import TrainerError
 from trainer.evaluate import evaluate_split
-from trainer.train import RunOptions, resolve_device, train
+from trainer.train import RunOptions, make_optimizer, resolve_device, train, train_step
 
 SEED = 1234
 
@@ -299,6 +299,7 @@ def test_regularised_run_with_averaging_resumes_exactly_and_serves_tied(
     assert ckpt.config.tie_weights and ckpt.config.locked_dropout and ckpt.config.weight_drop == 0.2
     assert ckpt.model.decoder.weight is ckpt.model.embedding.weight
     assert ckpt.training["asgd_start"] == 2 and ckpt.training["bf16"] is True
+    assert ckpt.training["bf16_applied"] is native_bf16("cpu")
 
     real_windows = train_module.windows
     out = tmp_path / "resumed"
@@ -310,3 +311,17 @@ def test_regularised_run_with_averaging_resumes_exactly_and_serves_tied(
     # The averaged parameters survived the interruption: same checkpoint, same log.
     assert_same_weights(out, straight)
     assert [r["valid_ppl"] for r in read_log(out)] == [r["valid_ppl"] for r in log]
+
+
+def test_train_step_uses_bf16_only_where_native() -> None:
+    """With bf16 asked for, a step runs under bf16 autocast where the CPU has native bf16 (a different loss from
+    float32), and in float32 elsewhere (the same loss, bit for bit), rather than failing in oneDNN's LSTM."""
+    losses = {}
+    for bf16 in (False, True):
+        config = get_config("test", bf16=bf16)
+        torch.manual_seed(0)
+        model = LSTMLanguageModel(ModelConfig(50, config.embedding_size, config.hidden_size, config.num_layers))
+        x = torch.randint(0, 50, (config.batch_size, config.num_steps))
+        hidden = model.initial_state(config.batch_size, torch.device("cpu"))
+        losses[bf16], _ = train_step(model, make_optimizer(model, config), config, x, x.roll(-1, 1), hidden)
+    assert (losses[True] != losses[False]).item() is native_bf16("cpu")
