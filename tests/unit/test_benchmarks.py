@@ -73,18 +73,21 @@ def test_training_benchmark_runs_both_loops() -> None:
 
 def test_engine_benchmark_runs_every_batch_size_and_the_type_ahead() -> None:
     out = run(
-        "benchmarks.engine", "--batches", "1", "4", "--sentences", "8", "--repeats", "1", "--type-ahead-sentences", "1"
-    )
+        "benchmarks.engine", "--device", "cpu",
+        "--batches", "1", "4", "--sentences", "8", "--repeats", "1", "--type-ahead-sentences", "1",
+    )  # fmt: skip
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["1", "4"]
     assert "largest difference" in out and "without the prefix-state cache" in out
     assert "| prefix tokens | no cache ms | cache ms | speed-up |" in out
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
-def test_http_benchmark_drives_a_real_server() -> None:
+@pytest.mark.parametrize("loader", ["wrk", "python"])
+def test_http_benchmark_drives_a_real_server(loader: str) -> None:
+    if loader == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("needs wrk (apt-get install wrk); .ci/run installs it")
     out = run(
-        "benchmarks.http_load",
+        "benchmarks.http_load", "--load", loader, "--device", "cpu",
         "--seconds", "1", "--concurrency", "2", "--setups", "batching", "--endpoints", "/healthz", "/score 1",
     )  # fmt: skip
     rows = table_rows(out)
@@ -92,3 +95,4 @@ def test_http_benchmark_drives_a_real_server() -> None:
     for row in rows:
         assert float(row[3].replace(",", "")) > 0  # requests/s
         assert row[-2:] == ["0", "0"]  # no 429, no errors
+    assert float(rows[0][8]) == 0 and float(rows[1][8]) >= 1  # mean batch: /healthz runs no model
