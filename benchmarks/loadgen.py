@@ -120,7 +120,8 @@ def run(url: str, bodies: list[str], connections: int, seconds: float, processes
     if processes == 1:
         parts = [_process(*jobs[0])]
     else:
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        # fork: a worker starts in milliseconds (spawn would import the caller's modules, torch with them, per run)
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
             parts = pool.map(_process_star, jobs)
     latencies = sorted(x for p in parts for x in p["latencies"])
     statuses: Counter = sum((p["statuses"] for p in parts), Counter())
