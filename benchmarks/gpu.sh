@@ -85,7 +85,7 @@ if [ "$DRY" = 1 ]; then
   TRAIN_EXTRA=(--dry-run --threads 1)
   EVAL_SPLIT=test
   ENGINE_ARGS=(--dtypes fp32 --batches 4 --sentences 8 --repeats 1 --type-ahead-sentences 1)
-  HTTP_ARGS=(--seconds 0.5 --concurrency 2)
+  HTTP_ARGS=(--seconds 0.5 --concurrency 2 --load python)   # as on the GPU machines, which have no wrk
   CEILING_SIZE=128
   # One thread per process: the dry run's processes share a small CPU, and oversubscribed OpenMP spins.
   export OMP_NUM_THREADS=1 LMSERVE_THREADS=1
@@ -230,7 +230,8 @@ train_one() {
 
 train_all() {
   local budget=${TRAIN_BUDGET:-$((BUDGET - ($(date +%s) - START) - RESERVE))}
-  [ "$budget" -ge 30 ] || { echo "only ${budget}s left for training: skipped"; return 0; }
+  [ "$budget" -ge "${TRAIN_BUDGET:-30}" ] && [ "$budget" -ge 1 ] \
+    || { echo "only ${budget}s left for training: skipped"; return 0; }
   echo "training $CONFIGS side by side on $DEVICE for at most ${budget}s"
   local pids=() cfg rc=0 status
   for cfg in $CONFIGS; do train_one "$cfg" "$budget" & pids+=($!); done

@@ -125,7 +125,8 @@ def body_pools(data_dir: Path, seed: int = 0, size: int = 2000) -> dict[str, tup
 def wrk(base: str, path: str, bodies_file: Path | None, script: Path, connections: int, seconds: float) -> dict:
     threads = min(2, connections)
     env = {"WRK_BODIES": str(bodies_file)} if bodies_file else {}
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s"]
+    duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", duration, "--timeout", "10s"]
     cmd += ["-s", str(script), base + path]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
