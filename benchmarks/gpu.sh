@@ -55,14 +55,14 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 2
 START=$(date +%s)
 DATA=data/ptb DRY=0 RESUME=0 BUDGET=560 RESERVE=150 TRAIN_BUDGET= CONFIGS="medium large" PHASES= WORK=runs/gpu
-TRAIN_ARGS=
+TRAIN_ARGS= BUDGET_GIVEN=0
 OUTDIR=${OUT:-}
 while [ $# -gt 0 ]; do
   case $1 in
     --data) DATA=$2; shift ;;
     --dry-run) DRY=1 ;;
     --resume) RESUME=1 ;;
-    --budget) BUDGET=$2; shift ;;
+    --budget) BUDGET=$2; BUDGET_GIVEN=1; shift ;;
     --reserve) RESERVE=$2; shift ;;
     --train-budget) TRAIN_BUDGET=$2; shift ;;
     --configs) CONFIGS=$2; shift ;;
@@ -87,6 +87,7 @@ if [ "$DRY" = 1 ]; then
   ENGINE_ARGS=(--dtypes fp32 --batches 4 --sentences 8 --repeats 1 --type-ahead-sentences 1)
   HTTP_ARGS=(--seconds 0.5 --concurrency 2 --load python)   # as on the GPU machines, which have no wrk
   CEILING_SIZE=128
+  [ "$BUDGET_GIVEN" = 1 ] || BUDGET=3600   # a slow CPU must not stop the one-window runs: no budget by default
   # One thread per process: the dry run's processes share a small CPU, and oversubscribed OpenMP spins.
   export OMP_NUM_THREADS=1 LMSERVE_THREADS=1
   PHASES=${PHASES:-data,tests,ceiling,train,eval,engine,http,report}   # setup: the project's own .venv
