@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration e2e docker-test wheels lint format train-small eval-small clean
+.PHONY: install serve test unit integration e2e docker-test wheels lint format train-small eval-small gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,10 @@ train-small: install
 
 eval-small: install
 	$(PY) -m trainer eval --model models/ptb-small --data-dir $(PTB_DATA_DIR) --split all
+
+# benchmarks/gpu.sh end to end on the CPU with tiny settings (the GPU runs: docs/gpu.md).
+gpu-dry-run: install
+	PY=$(PY) benchmarks/gpu.sh --dry-run --data $(PTB_DATA_DIR) --work runs/gpu-dry-run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

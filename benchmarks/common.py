@@ -49,19 +49,35 @@ def timed(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0) -> l
     return times
 
 
-def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20) -> float:
-    """Median GFLOP/s of (m, k) @ (k, n) in `dtype` on this machine's CPU, at torch's thread count."""
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
-    out = torch.empty(m, n, dtype=dtype)
-    times = timed(lambda: torch.mm(a, b, out=out), repeats, min_seconds=0.5)
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work: CUDA kernels run asynchronously, so a timer must wait for them."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(
+    m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 20, device: torch.device | str = "cpu"
+) -> float:
+    """Median GFLOP/s of (m, k) @ (k, n) in `dtype` on `device` (the CPU at torch's thread count, or a GPU)."""
+    a = torch.randn(m, k).to(device, dtype)
+    b = torch.randn(k, n).to(device, dtype)
+    out = torch.empty(m, n, dtype=dtype, device=device)
+
+    def mm() -> None:
+        torch.mm(a, b, out=out)
+        synchronize(device)
+
+    times = timed(mm, repeats, min_seconds=0.5)
     return 2 * m * k * n / median(times) / 1e9
 
 
-def ceiling_gflops(shapes: Sequence[tuple[int, int, int]], dtype: torch.dtype) -> tuple[float, tuple[int, int, int]]:
+def ceiling_gflops(
+    shapes: Sequence[tuple[int, int, int]], dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> tuple[float, tuple[int, int, int]]:
     """The best GFLOP/s of a matmul over `shapes` (m, k, n), and that shape: the machine's ceiling for a model
     whose matmuls have those shapes."""
-    return max((matmul_gflops(m, k, n, dtype), (m, k, n)) for m, k, n in shapes)
+    return max((matmul_gflops(m, k, n, dtype, device=device), (m, k, n)) for m, k, n in shapes)
 
 
 def model_matmul_shapes(tokens: int, vocab: int, embed: int, hidden: int, training: bool) -> list[tuple[int, int, int]]:
@@ -94,8 +110,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}"
     )
 

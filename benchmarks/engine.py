@@ -2,14 +2,15 @@
 
     python benchmarks/engine.py                  # the served model (models/ptb-cpu), fp32 and bf16
     python benchmarks/engine.py --batches 1 32 --repeats 1 --no-write
+    python -m benchmarks.engine --device cuda --model runs/gpu/models/ptb-large --batches 1 32 512 --no-write
 
 Each PTB test sentence becomes what `/score` queues for it (`<eos>` + its words + `<eos>`); batches of
 consecutive sentences from a fixed shuffle go through `ModelRunner.run`, the function the batching engine calls
 (sorting, padding, chunked LSTM, float32 log-softmax, the NaN check; ranks are not asked for, as `/score`
 without per_token). Tokens/s counts predictions; the figure is the median of `--repeats` passes over
 `--sentences` sentences. GFLOP/s counts the forward matmuls (LSTM gates and the decoder); the ceiling is the
-best of the decoder's and the LSTM input projection's matmuls at 4096 rows, in the same dtype, measured in this
-run.
+best of the decoder's and the LSTM input projection's matmuls at 4096 rows, in the same dtype and on the same
+device (`--device`: cpu, cuda or auto), measured in this run.
 
 bf16 vs fp32: the largest difference of any per-token log-probability over the sentences, and the perplexity
 of the sentences in each dtype.
@@ -31,6 +32,7 @@ import torch
 
 from benchmarks.common import (
     DEFAULT_DATA_DIR,
+    DTYPES,
     REPO,
     ceiling_gflops,
     lstm_forward_flops,
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sentences", type=int, default=1024, help="test sentences per pass (batch 1: a quarter)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--type-ahead-sentences", type=int, default=20)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args(argv)
 
@@ -143,11 +146,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # One checkpoint per dtype: the runner casts its model in place.
     runners = {
-        d: ModelRunner(load_checkpoint(args.model), Settings(model=args.model, device="cpu", dtype=DTYPE_NAMES[d]))
+        d: ModelRunner(
+            load_checkpoint(args.model), Settings(model=args.model, device=args.device, dtype=DTYPE_NAMES[d])
+        )
         for d in args.dtypes
     }
+    device = next(iter(runners.values())).device
+    print(f"device {device}")
     shapes = model_matmul_shapes(4096, v, cfg.embed_size, h, training=False)
-    ceilings = {d: ceiling_gflops(shapes, torch.float32 if d == "fp32" else torch.bfloat16)[0] for d in args.dtypes}
+    ceilings = {d: ceiling_gflops(shapes, DTYPES[d], device)[0] for d in args.dtypes}
     rows = []
     for batch in args.batches:
         subset = seqs if batch > 1 else seqs[: max(1, len(seqs) // 4)]
@@ -161,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     header = ["batch"] + [f"{d} {col}" for d in args.dtypes for col in ("tokens/s", "GFLOP/s", "of ceiling")]
     ceiling_line = ", ".join(f"{d} {ceilings[d]:.0f} GFLOP/s" for d in args.dtypes)
     body = (
-        f"Model `{ckpt.name}` ({ckpt.model.num_parameters():,} parameters, {flops / 1e6:.2f} MFLOP per token), "
+        f"Model `{ckpt.name}` on {device} ({ckpt.model.num_parameters():,} parameters, "
+        f"{flops / 1e6:.2f} MFLOP per token), "
         f"{len(seqs)} PTB test sentences ({mean_len:.1f} predictions each; batch 1: the first quarter), median "
         f"of {args.repeats} passes. Ceiling (best of the (4096, {h}) @ ({h}, {v}) decoder and the "
         f"(4096, {cfg.embed_size}) @ ({cfg.embed_size}, {4 * h}) LSTM input matmuls): {ceiling_line}.\n\n"

@@ -2,6 +2,8 @@
 
     python -m benchmarks.http_load                      # every endpoint, concurrency 1-128, three server setups
     python -m benchmarks.http_load --seconds 3 --concurrency 8 64 --setups batching --no-write
+    python -m benchmarks.http_load --device cuda --model runs/gpu/models/ptb-large --setups batching \
+        --endpoints "/score 1" --concurrency 1 8 32 64 128 256 --no-write --json http.json
 
 Endpoints: `/healthz` (the framework's floor), `/score` with one PTB test sentence per request (drawn at random
 for every request by wrk's Lua script), `/score` with 32 random sentences per request, and `/next-word` for a
@@ -14,7 +16,9 @@ Server setups: `batching` (the defaults: 1 worker, dynamic batching, float32, to
 `no-batching` (LMSERVE_MAX_BATCH_SEQUENCES=1: one sequence per forward pass), `2-workers` (--workers 2,
 LMSERVE_THREADS=1 each, so that two processes do not fight over two cores), `1-thread` (LMSERVE_THREADS=1: one
 core for torch, one for the event loop) and `bf16` (--dtype bfloat16). wrk shares the machine's cores with the
-server.
+server. Where wrk is missing (or with `--load python`), `benchmarks.loadgen` drives the same closed loop from
+Python processes. After each run the server's `/metrics` gives the mean batch (sequences per forward pass) of
+that run: how much the batching engine found to combine. `--device` is the server's (`LMSERVE_DEVICE`).
 """
 
 from __future__ import annotations
@@ -121,10 +125,38 @@ def body_pools(data_dir: Path, seed: int = 0, size: int = 2000) -> dict[str, tup
 def wrk(base: str, path: str, bodies_file: Path | None, script: Path, connections: int, seconds: float) -> dict:
     threads = min(2, connections)
     env = {"WRK_BODIES": str(bodies_file)} if bodies_file else {}
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s"]
+    duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", duration, "--timeout", "10s"]
     cmd += ["-s", str(script), base + path]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load(base: str, path: str, bodies_file: Path | None, script: Path, connections: int, seconds: float) -> dict:
+    """One closed-loop run: wrk where it is installed, else the Python load generator; wrk's result fields."""
+    if uses_wrk():
+        return wrk(base, path, bodies_file, script, connections, seconds)
+    from benchmarks import loadgen
+
+    bodies = bodies_file.read_text(encoding="utf-8").splitlines() if bodies_file else []
+    return loadgen.run(base + path, bodies, connections, seconds)
+
+
+LOADER = "auto"  # set by --load
+
+
+def uses_wrk() -> bool:
+    return LOADER == "wrk" or (LOADER == "auto" and shutil.which("wrk") is not None)
+
+
+def batch_totals(base: str) -> tuple[float, float]:
+    """(sequences, forward passes) the server has run so far, from its /metrics histogram of batch sizes."""
+    totals = {"lmserve_batch_size_sum": 0.0, "lmserve_batch_size_count": 0.0}
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in totals:
+            totals[name] = float(value)
+    return totals["lmserve_batch_size_sum"], totals["lmserve_batch_size_count"]
 
 
 def wait_idle(base: str, timeout_s: float = 60.0) -> None:
@@ -194,12 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     p.add_argument("--plot-only", action="store_true", help="redraw docs/http-load.png from the report's table")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="the server's (default: auto)")
+    p.add_argument("--load", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if installed")
+    p.add_argument("--json", type=Path, default=None, help="also write every run's figures to this JSON file")
     args = p.parse_args(argv)
     if args.plot_only:
         plot(report_rows())
         return
-    if shutil.which("wrk") is None:
-        raise SystemExit("needs wrk (apt-get install wrk)")
+    global LOADER
+    LOADER = args.load
+    if LOADER == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("needs wrk (apt-get install wrk), or --load python")
 
     pools = body_pools(args.data_dir)
     tmp = Path(tempfile.mkdtemp(prefix="http-load-"))
@@ -214,19 +251,24 @@ def main(argv: list[str] | None = None) -> None:
     rows, results = [], {}
     for setup in args.setups:
         server_args, env = SETUPS[setup]
-        proc, base = start_server([*(["--model", args.model] if args.model else []), *server_args], env)
+        device = ["--device", args.device] if args.device else []
+        proc, base = start_server([*(["--model", args.model] if args.model else []), *device, *server_args], env)
         try:
             for name in args.endpoints or SETUP_ENDPOINTS[setup]:
                 path, _, tokens = pools[name]
                 for c in args.concurrency:
-                    wrk(base, path, files.get(name), script, c, 1.0)  # warm-up
+                    load(base, path, files.get(name), script, c, 1.0)  # warm-up
                     wait_idle(base)  # what the warm-up left in flight is not this run's
-                    r = wrk(base, path, files.get(name), script, c, args.seconds)
+                    seqs0, passes0 = batch_totals(base)
+                    r = load(base, path, files.get(name), script, c, args.seconds)
+                    wait_idle(base)
+                    seqs1, passes1 = batch_totals(base)
+                    mean_batch = (seqs1 - seqs0) / (passes1 - passes0) if passes1 > passes0 else 0.0
                     # Answered: 2xx. Busy: 429 (queue full: the documented back-pressure). Errors: the rest.
                     seconds = r["duration_us"] / 1e6
                     rps = (r["requests"] - r["status"]) / seconds
                     errors = r["connect"] + r["read"] + r["write"] + r["status"] - r["busy"] + r["timeout"]
-                    results[(setup, name, c)] = {**r, "rps": rps, "errors": errors}
+                    results[(setup, name, c)] = {**r, "rps": rps, "errors": errors, "mean_batch": mean_batch}
                     row = [
                         setup,
                         name,
@@ -236,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['p50_us'] / 1000:.1f}",
                         f"{r['p95_us'] / 1000:.1f}",
                         f"{r['p99_us'] / 1000:.1f}",
+                        f"{mean_batch:.1f}",
                         f"{r['busy'] / seconds:,.0f}" if r["busy"] else "0",
                         str(errors),
                     ]
@@ -247,12 +290,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"warning: the server exited with code {code}")
     shutil.rmtree(tmp)
 
-    header = ["server", "endpoint", "conc.", "answered/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "429/s", "errors"]
+    header = ["server", "endpoint", "conc.", "answered/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "batch"]
+    header += ["429/s", "errors"]
     body = (
-        f"Closed loop, {args.seconds:g} s per run after a 1 s warm-up, wrk with 2 threads (1 at concurrency 1). "
+        f"Closed loop, {args.seconds:g} s per run after a 1 s warm-up, "
+        f"{'wrk with 2 threads (1 at concurrency 1)' if uses_wrk() else 'the Python load generator'}. "
         "answered/s counts 2xx answers; 429/s the requests refused because the queue was full (the server's "
         "back-pressure, `LMSERVE_MAX_QUEUE`=2048 sequences: 64 clients x 32 sentences fill it); errors are "
-        "everything else (connection errors, timeouts, other non-2xx). Latency quantiles are over all answers. "
+        "everything else (connection errors, timeouts, other non-2xx). Latency quantiles are over all answers; "
+        "batch is the mean sequences per forward pass. "
         f"Mean predictions per request: /score 1 {pools['/score 1'][2]:.1f}, /score 32 {pools['/score 32'][2]:.0f}."
         "\n\n" + table(header, rows)
     )
@@ -260,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     if summary:
         body += "\n\n" + summary
     print(body)
+    if args.json:
+        runs = [{"setup": k[0], "endpoint": k[1], "concurrency": k[2], **v} for k, v in results.items()]
+        args.json.write_text(json.dumps({"device": args.device or "auto", "runs": runs}, indent=1) + "\n")
     if not args.no_write:
         write_section("http", "HTTP load", body)
         plot(rows)

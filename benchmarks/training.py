@@ -81,7 +81,7 @@ def reference_round(model, source_tm, hidden, steps, num_steps, lr, clip, bf16) 
         data, targets = source_tm[s : s + num_steps], source_tm[s + 1 : s + 1 + num_steps].reshape(-1)
         model.zero_grad()
         hidden = repackage_hidden(hidden)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
             output, hidden = model(data, hidden)
         hidden = tuple(v.float() for v in hidden)
         loss = criterion(output.float(), targets)

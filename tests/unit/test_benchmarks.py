@@ -73,18 +73,21 @@ def test_training_benchmark_runs_both_loops() -> None:
 
 def test_engine_benchmark_runs_every_batch_size_and_the_type_ahead() -> None:
     out = run(
-        "benchmarks.engine", "--batches", "1", "4", "--sentences", "8", "--repeats", "1", "--type-ahead-sentences", "1"
-    )
+        "benchmarks.engine", "--device", "cpu",
+        "--batches", "1", "4", "--sentences", "8", "--repeats", "1", "--type-ahead-sentences", "1",
+    )  # fmt: skip
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["1", "4"]
     assert "largest difference" in out and "without the prefix-state cache" in out
     assert "| prefix tokens | no cache ms | cache ms | speed-up |" in out
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk); .ci/run installs it")
-def test_http_benchmark_drives_a_real_server() -> None:
+@pytest.mark.parametrize("loader", ["wrk", "python"])
+def test_http_benchmark_drives_a_real_server(loader: str) -> None:
+    if loader == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("needs wrk (apt-get install wrk); .ci/run installs it")
     out = run(
-        "benchmarks.http_load",
+        "benchmarks.http_load", "--load", loader, "--device", "cpu",
         "--seconds", "1", "--concurrency", "2", "--setups", "batching", "--endpoints", "/healthz", "/score 1",
     )  # fmt: skip
     rows = table_rows(out)
@@ -92,3 +95,39 @@ def test_http_benchmark_drives_a_real_server() -> None:
     for row in rows:
         assert float(row[3].replace(",", "")) > 0  # requests/s
         assert row[-2:] == ["0", "0"]  # no 429, no errors
+    assert float(rows[0][8]) == 0 and float(rows[1][8]) >= 1  # mean batch: /healthz runs no model
+
+
+def test_python_load_generator_counts_answers_and_429s_over_several_processes() -> None:
+    """Against a stub HTTP server that answers 429 to every other body: both kinds counted, merged over 2 processes."""
+    import http.server
+    import threading
+
+    from benchmarks import loadgen
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            n = int(self.headers["Content-Length"])
+            self.rfile.read(n)
+            body = b'{"ok": true}'
+            self.send_response(200 if n % 2 else 429)  # '{"a": 1}' (8 bytes) is refused, '{"a": 12}' answered
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/score"
+        r = loadgen.run(url, ['{"a": 1}', '{"a": 12}'], connections=4, seconds=1.0, processes=2)
+    finally:
+        server.shutdown()
+    assert r["requests"] > 0 and 0 < r["busy"] < r["requests"]
+    assert r["status"] == r["busy"]  # the only non-2xx answers are the 429s
+    assert r["connect"] == r["read"] == r["write"] == r["timeout"] == 0
+    assert 0 < r["p50_us"] <= r["p95_us"] <= r["p99_us"]
