@@ -56,14 +56,14 @@ def test_training_stopped_at_its_budget_resumes_in_the_next_command(ptb_dir: Pat
     work = tmp_path / "work"
     common = ["--dry-run", "--data", str(ptb_dir), "--work", str(work), "--out", str(tmp_path / "out")]
     common += ["--configs", "test", "--train-args", "--train-tokens 1000 --max-epochs 1000 --threads 1"]
-    first = gpu_sh(*common, "--phases", "data,train", "--train-budget", "120")
+    first = gpu_sh(*common, "--phases", "data,train", "--train-budget", "30")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert "test: stopped at the budget (120 s); continue with --resume" in first.stdout
+    assert "test: stopped at the budget (30 s); continue with --resume" in first.stdout
     run = work / "models" / "ptb-test"
     done = len((run / "train_log.jsonl").read_text().splitlines())
     assert done >= 1 and (run / ".resume").is_dir()
 
-    second = gpu_sh(*common, "--phases", "data,train", "--train-budget", "60", "--resume")
+    second = gpu_sh(*common, "--phases", "data,train", "--train-budget", "20", "--resume")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     log = (work / "logs" / "train-test.log").read_text()
     assert f"resuming {run} after epoch" in log
