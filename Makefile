@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration e2e docker-test k8s-validate wheels lint format train-small eval-small clean
+.PHONY: install serve test unit integration e2e docker-test k8s-validate ray-test wheels lint format train-small eval-small clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ docker-test:
 # (installs kubectl and kubernetes-validate when missing).
 k8s-validate: install
 	PY=$(PY) deploy/kubernetes/validate.sh
+
+# deploy/ray: the Ray Serve deployment on a two-node local Ray cluster in a private network namespace
+# (installs the `ray` extra into the virtual environment; needs root for the namespace).
+ray-test: install
+	PY=$(PY) deploy/ray/test-cluster.sh
 
 wheels:
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
