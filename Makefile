@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration e2e docker-test wheels lint format train-small eval-small gpu-dry-run clean
+.PHONY: install serve test unit integration e2e docker-test k8s-validate ray-test wheels lint format train-small eval-small gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# The whole suite: unit tests, the curl-based integration tests against a locally started server, and the
-# web page in a headless browser.
-test: unit integration e2e
+# The whole suite: unit tests, the curl-based integration tests against a locally started server, the
+# web page in a headless browser, and the Kubernetes manifests rendered and validated.
+test: unit integration e2e k8s-validate
 
 unit: install
 	$(PY) -m pytest -q
@@ -42,16 +42,27 @@ e2e: install
 docker-test:
 	PY=$(PYTHON) docker/test-stack.sh
 
+# deploy/kubernetes: every kustomization rendered and each object validated against Kubernetes' schemas
+# (installs kubectl and kubernetes-validate when missing).
+k8s-validate: install
+	PY=$(PY) deploy/kubernetes/validate.sh
+
+# deploy/ray: the Ray Serve deployment on a two-node local Ray cluster in a private network namespace
+# (installs the `ray` extra into the virtual environment; needs root for the namespace).
+ray-test: install
+	PY=$(PY) deploy/ray/test-cluster.sh
+
 wheels:
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
+LINT := lm trainer service tests benchmarks deploy docker
 lint: install
-	$(VENV)/bin/ruff check lm trainer service tests benchmarks
-	$(VENV)/bin/ruff format --check lm trainer service tests benchmarks
+	$(VENV)/bin/ruff check $(LINT)
+	$(VENV)/bin/ruff format --check $(LINT)
 
 format: install
-	$(VENV)/bin/ruff format lm trainer service tests benchmarks
-	$(VENV)/bin/ruff check --fix lm trainer service tests benchmarks
+	$(VENV)/bin/ruff format $(LINT)
+	$(VENV)/bin/ruff check --fix $(LINT)
 
 train-small: install
 	$(PY) -m trainer train --config small --data-dir $(PTB_DATA_DIR) --out models/ptb-small

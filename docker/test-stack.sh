@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make docker-test`: build the images, bring the compose stack up, wait until healthy, run the integration
-# tests against it, check Prometheus scrapes it, then the scale-out stack (3 replicas behind nginx) and that
-# requests spread across the replicas; every stack is torn down, pass or fail.
+# tests against it, check Prometheus scrapes it, then the scale-out stack (3 replicas behind nginx): requests
+# spread across the replicas, and under steady load it is scaled 3 -> 4 -> 2 with not one request failing and
+# the new replica getting its share. Every stack is torn down, pass or fail.
 #
 # Needs a Docker engine and docker-compose (v1) or `docker compose`; base images are pulled, or made by
 # docker/airgap/make-base-images.sh where no registry answers; the wheelhouse is docker/airgap/make-wheelhouse.sh.
@@ -86,27 +87,81 @@ echo "server exit code after SIGTERM: $code"
 [ "$code" = 0 ]
 down
 
-# --- scale-out: 3 replicas behind nginx -------------------------------------------------------------------
-log "scale-out: 3 replicas behind nginx"
+# --- scale-out: replicas behind nginx, scaled 3 -> 4 -> 2 under load -------------------------------------
 SCALE=(-f docker-compose.yml -f docker/compose.scale.yml)
-LMSERVE_PUBLISH=127.0.0.1: LB_PUBLISH=127.0.0.1:$LB_PORT PROMETHEUS_PUBLISH=127.0.0.1: \
-    "${COMPOSE[@]}" "${SCALE[@]}" up -d --scale server=3 server lb
-wait_ready "http://127.0.0.1:$LB_PORT/readyz" 180 || { "${COMPOSE[@]}" "${SCALE[@]}" logs; exit 1; }
+scale() { "${COMPOSE[@]}" "${SCALE[@]}" "$@"; }
+replicas() { scale ps -q server | sort; }
+replica_url() { echo "http://$("$DOCKER" port "$1" 8000 | head -1)"; }  # each replica has its own host port
+served_by() {  # served_by CONTAINER: /score and /next-word requests it answered with 200, from its /metrics
+    curl -fsS -m 10 "$(replica_url "$1")/metrics" | "$PY" -c '
+import re, sys
+pattern = r"lmserve_requests_total\{code=\"200\",endpoint=\"/(?:score|next-word)\"\} (\S+)"
+print(int(sum(float(v) for v in re.findall(pattern, sys.stdin.read()))))'
+}
+served_line() { for id in $(replicas); do printf '%s=%s ' "${id:0:12}" "$(served_by "$id")"; done; echo; }
+
+log "scale-out: 3 replicas behind nginx"
+export LMSERVE_PUBLISH=127.0.0.1: LB_PUBLISH=127.0.0.1:$LB_PORT PROMETHEUS_PUBLISH=127.0.0.1: LMSERVE_DRAIN_S=3
+scale up -d --scale server=3 server lb
+for id in $(replicas); do wait_ready "$(replica_url "$id")/readyz" 600 || { scale logs; exit 1; }; done
+wait_ready "http://127.0.0.1:$LB_PORT/readyz" 60 || { scale logs; exit 1; }
+# Each replica answers one request and refuses one, so that its /metrics has every labelled family: the
+# integration tests' metrics check lands on whichever replica nginx picks.
+for id in $(replicas); do
+    curl -fsS -o /dev/null -H 'content-type: application/json' -d '{"text": "warm up"}' "$(replica_url "$id")/score"
+    curl -sS -o /dev/null -H 'content-type: application/json' -d '{"text": 5}' "$(replica_url "$id")/score"
+done
 PYTHON="$PY" tests/integration/run.sh "http://127.0.0.1:$LB_PORT"
 for i in $(seq 1 60); do
     curl -fsS -o /dev/null -H 'content-type: application/json' -d "{\"text\": \"request $i\"}" \
         "http://127.0.0.1:$LB_PORT/score"
 done
 served=()
-for id in $("${COMPOSE[@]}" "${SCALE[@]}" ps -q server); do
-    n=$("$DOCKER" exec "$id" python -c '
-import re, urllib.request
-text = urllib.request.urlopen("http://127.0.0.1:8000/metrics").read().decode()
-print(int(sum(float(v) for v in re.findall(r"lmserve_requests_total\{code=\"200\",endpoint=\"/score\"\} (\S+)", text))))')
-    served+=("$n")
-done
-echo "/score requests served by each replica: ${served[*]}"
+for id in $(replicas); do served+=("$(served_by "$id")"); done
+echo "/score and /next-word requests served by each replica: ${served[*]}"
 [ "${#served[@]}" = 3 ]
 for n in "${served[@]}"; do [ "$n" -gt 0 ]; done
+
+# Steady traffic through nginx while a replica is added (nginx must find it within seconds and send it its
+# share) and two are taken away (each drains; nginx retries elsewhere what a stopping replica refuses):
+# not one request may fail.
+LOAD_OUT=$(mktemp)
+"$PY" docker/steady_load.py "http://127.0.0.1:$LB_PORT" --clients 4 --out "$LOAD_OUT" &
+load_pid=$!
+trap 'kill -INT $load_pid 2>/dev/null || true; down; down "${SCALE[@]}"' EXIT
+sleep 5
+
+log "scale 3 -> 4 under load"
+before=$(replicas)
+scale up -d --no-recreate --scale server=4 server
+new=$(comm -13 <(echo "$before") <(replicas))
+[ -n "$new" ] || { echo "no new replica"; exit 1; }
+wait_ready "$(replica_url "$new")/readyz" 600 || { scale logs server; exit 1; }
+sleep 10
+echo "served per replica after 10 s with 4: $(served_line)"
+new_served=$(served_by "$new")
+echo "the new replica ${new:0:12} answered $new_served requests"
+[ "$new_served" -gt 0 ]
+
+log "scale 4 -> 2 under load"
+scale up -d --no-recreate --scale server=2 server
+[ "$(replicas | wc -l)" = 2 ]
+sleep 5
+echo "served per replica, the 2 left: $(served_line)"
+
+kill -INT "$load_pid"
+wait "$load_pid"
+"$PY" - "$LOAD_OUT" <<'PYEOF'
+import json, sys
+result = json.load(open(sys.argv[1]))
+answered = result["answers"].get("200", 0)
+print(f"under load, 3 -> 4 -> 2 replicas: {answered} answered with 200, {result['failed']} failed")
+for line in result["first_failures"]:
+    print("  failed:", line)
+assert answered > 0 and result["failed"] == 0, result
+PYEOF
+rm -f "$LOAD_OUT"
+echo "requests per replica address over the whole run (nginx's access log):"
+scale logs --no-color lb | grep -o 'upstream=[0-9.:, ]*' | sort | uniq -c | sort -rn | head -10
 down "${SCALE[@]}"
 log "docker-test passed"
