@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration e2e docker-test wheels lint format train-small eval-small clean
+.PHONY: install serve test unit integration e2e docker-test wheels lint format mutate train-small eval-small clean
 
 install: $(VENV)/.installed
 
@@ -46,12 +46,18 @@ wheels:
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
 lint: install
-	$(VENV)/bin/ruff check lm trainer service tests benchmarks
-	$(VENV)/bin/ruff format --check lm trainer service tests benchmarks
+	$(VENV)/bin/ruff check lm trainer service tests benchmarks tools
+	$(VENV)/bin/ruff format --check lm trainer service tests benchmarks tools
 
 format: install
-	$(VENV)/bin/ruff format lm trainer service tests benchmarks
-	$(VENV)/bin/ruff check --fix lm trainer service tests benchmarks
+	$(VENV)/bin/ruff format lm trainer service tests benchmarks tools
+	$(VENV)/bin/ruff check --fix lm trainer service tests benchmarks tools
+
+# One-line breaks of the core rules (tools/mutations.py), each against its own tests, on a copy of the tree:
+# every one must be killed (docs/mutation.md). Slow, so not in `make test` or CI; a unit test keeps the list
+# in step with the code.
+mutate: install
+	$(PY) tools/mutate.py
 
 train-small: install
 	$(PY) -m trainer train --config small --data-dir $(PTB_DATA_DIR) --out models/ptb-small

@@ -1,0 +1,237 @@
+"""The one-line breaks that `tools/mutate.py` applies, one at a time, to the rules the project rests on.
+
+Each names the file, an exact snippet of it (which must occur there exactly once), what replaces it, and the
+tests that must fail when it is replaced. When the code moves, `tests/unit/test_mutation_list.py` fails on the
+snippet that is no longer there: update the entry to the code as it now is, then run `make mutate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One break of one rule, and the pytest selection (files or node ids) that must notice it."""
+
+    name: str
+    path: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+    description: str
+
+
+NORMALIZE = "lm/normalize.py"
+NORMALIZE_TESTS = ("tests/unit/service/test_normalize.py",)
+SCORING = "lm/scoring.py"
+SCORING_TESTS = ("tests/unit/lm/test_lm_scoring.py",)
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # --- normalisation: each rule of lm/normalize.py ------------------------------------------------------------
+    Mutation(
+        "pct-alone",
+        NORMALIZE,
+        'if w == "%":',
+        "if False:",
+        NORMALIZE_TESTS,
+        'a standalone "%" is dropped instead of becoming N ("rose 5 % to")',
+    ),
+    Mutation(
+        "pct-suffix",
+        NORMALIZE,
+        "return [*self._word(w[:-1]), NUM]",
+        "return self._word(w[:-1])",
+        NORMALIZE_TESTS,
+        'the "%" of "5%" is dropped instead of becoming N',
+    ),
+    Mutation(
+        "lower-case",
+        NORMALIZE,
+        "self._word(word.lower())",
+        "self._word(word)",
+        NORMALIZE_TESTS,
+        "text is not lower-cased",
+    ),
+    Mutation(
+        "curly-quotes",
+        NORMALIZE,
+        ".translate(_TRANSLATE)",
+        "",
+        NORMALIZE_TESTS,
+        "curly quotes and apostrophes are not made straight",
+    ),
+    Mutation(
+        "number",
+        NORMALIZE,
+        "if _NUMBER.match(w):",
+        "if False:",
+        NORMALIZE_TESTS,
+        "numbers are not written N",
+    ),
+    Mutation(
+        "currency",
+        NORMALIZE,
+        "return [sign, *self._word(w[len(sign) :])]",
+        "return [w]",
+        NORMALIZE_TESTS,
+        "a currency sign is not split off its amount",
+    ),
+    Mutation(
+        "nt-clitic",
+        NORMALIZE,
+        'if w.endswith("n\'t") and len(w) > 3:',
+        "if False:",
+        NORMALIZE_TESTS,
+        "n't is not split off (didn't -> did n't)",
+    ),
+    Mutation(
+        "clitics",
+        NORMALIZE,
+        '_CLITICS = ("\'s", "\'re", "\'ve", "\'ll", "\'d", "\'m")',
+        "_CLITICS = ()",
+        NORMALIZE_TESTS,
+        "'s 're 've 'll 'd 'm are not split off",
+    ),
+    Mutation(
+        "plural-possessive",
+        NORMALIZE,
+        'return [*self._word(w[:-1]), "\'"]',
+        "return self._word(w[:-1])",
+        NORMALIZE_TESTS,
+        "a plural possessive loses its apostrophe token (funds' -> funds)",
+    ),
+    Mutation(
+        "slash-escape",
+        NORMALIZE,
+        'escaped = w.replace("/", "\\\\/").replace("*", "\\\\*")',
+        "escaped = w",
+        NORMALIZE_TESTS,
+        "/ is not written \\/ as in the corpus",
+    ),
+    Mutation(
+        "trailing-punctuation",
+        NORMALIZE,
+        '_TRAILING = set("\\"\')]}>,.;:!?")',
+        '_TRAILING = set("\\"\')]}>")',
+        NORMALIZE_TESTS,
+        "a trailing comma, period, colon, ... stays on the word",
+    ),
+    Mutation(
+        "known-abbreviation",
+        NORMALIZE,
+        "                if self._known(core):\n                    return core\n",
+        "",
+        NORMALIZE_TESTS,
+        "an abbreviation the vocabulary holds loses its period (corp. -> corp)",
+    ),
+    Mutation(
+        "ptb-n",
+        NORMALIZE,
+        "[NUM] if word == NUM else ",
+        "",
+        NORMALIZE_TESTS,
+        "PTB's own N is lower-cased (normalising PTB text changes it)",
+    ),
+    Mutation(
+        "emoji-dropped",
+        NORMALIZE,
+        "if all(_is_punct(c) for c in w) and w not in _CURRENCY:",
+        "if not any(c.isalnum() for c in w) and w not in _CURRENCY:",
+        (
+            "tests/unit/service/test_service_reliability.py::test_emoji_right_to_left_and_control_characters_are_scored_as_oov",
+        ),
+        "a word of symbols (an emoji) is dropped like punctuation instead of being scored as <unk>",
+    ),
+    # --- the vocabulary and the checkpoint ------------------------------------------------------------------------
+    Mutation(
+        "oov-to-unk",
+        "lm/vocab.py",
+        "return [self.stoi.get(t, self.unk_id) for t in tokens]",
+        "return [self.stoi.get(t, self.eos_id) for t in tokens]",
+        ("tests/unit/lm/test_lm_vocab.py",),
+        "a word outside the vocabulary is encoded as <eos>, not <unk>",
+    ),
+    Mutation(
+        "vocab-order",
+        "lm/vocab.py",
+        "key=lambda w: (-counts[w], w)",
+        "key=lambda w: (counts[w], w)",
+        ("tests/unit/lm/test_lm_vocab.py",),
+        "the vocabulary is ordered rarest first (ids differ from the tutorial's)",
+    ),
+    Mutation(
+        "checkpoint-checksum",
+        "lm/checkpoint.py",
+        'if digest != meta.get("weights_sha256"):',
+        "if False:",
+        ("tests/unit/lm/test_lm_checkpoint.py",),
+        "the weights' sha256 is not checked against config.json",
+    ),
+    # --- scoring ----------------------------------------------------------------------------------------------------
+    Mutation(
+        "ranks-strict",
+        SCORING,
+        "rk = ((logits > logits.gather(-1, target)).sum(-1) + 1)",
+        "rk = ((logits >= logits.gather(-1, target)).sum(-1) + 1)",
+        SCORING_TESTS,
+        "a token's rank counts the words at least as probable (itself included), not the strictly more probable",
+    ),
+    Mutation(
+        "chunk-state",
+        SCORING,
+        "feats, state = model.features(ids[:active, start : start + step], state)",
+        "feats, state = model.features(ids[:active, start : start + step], None)",
+        SCORING_TESTS,
+        "the LSTM state is not carried from one chunk of time steps to the next",
+    ),
+    Mutation(
+        "float32-log-softmax",
+        SCORING,
+        "lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)",
+        "lp = torch.log_softmax(logits, dim=-1)",
+        SCORING_TESTS,
+        "the log-softmax runs in the model's dtype (bfloat16) instead of float32",
+    ),
+    Mutation(
+        "stream-predictions",
+        SCORING,
+        "return -lp.double().sum().item(), lp.numel()",
+        "return -lp.double().sum().item(), lp.numel() + 1",
+        (*SCORING_TESTS, "tests/unit/trainer/test_trainer_evaluate.py"),
+        "the first token of a stream is counted as a prediction (perplexity over one token too many)",
+    ),
+    # --- training ---------------------------------------------------------------------------------------------------
+    Mutation(
+        "eos-per-line",
+        "trainer/data.py",
+        "        words.append(EOS)\n",
+        "",
+        ("tests/unit/trainer/test_trainer_data.py",),
+        "the reader does not append <eos> to each line",
+    ),
+    Mutation(
+        "targets-shift",
+        "trainer/data.py",
+        "batched[:, s + 1 : s + num_steps + 1]",
+        "batched[:, s : s + num_steps]",
+        ("tests/unit/trainer/test_trainer_data.py",),
+        "targets are the inputs, not the inputs shifted by one token",
+    ),
+    Mutation(
+        "lr-schedule",
+        "trainer/configs.py",
+        "max(epoch - config.decay_after, 0)",
+        "max(epoch - config.decay_after + 1, 0)",
+        ("tests/unit/trainer/test_trainer_configs.py",),
+        "the learning rate decays one epoch early",
+    ),
+    Mutation(
+        "eval-priming",
+        "trainer/evaluate.py",
+        "seqs = [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for _, words in pending]",
+        "seqs = [[*vocab.encode(words), vocab.eos_id] for _, words in pending]",
+        ("tests/unit/trainer/test_trainer_evaluate.py",),
+        "`trainer eval --text` does not prime a sentence with <eos> (its first word is never predicted)",
+    ),
+)
