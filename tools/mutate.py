@@ -8,6 +8,7 @@ The working tree is never touched: its files (tracked and untracked, not the ign
 temporary directory, and each mutation is applied there, its targeted tests run (`pytest -x -q`, with a
 timeout), and the file restored before the next one, even on Ctrl-C. First the union of all the selections
 runs on the unmutated copy: a selection that fails already would "kill" every mutation and prove nothing.
+Each test run is a fork of this process, which has imported torch and the web stack once (POSIX only).
 
 Each mutation ends as one of:
   killed    its tests failed (or exceeded the timeout: a hang is noticed too)
@@ -20,9 +21,13 @@ The exit status is 0 only when every mutation is killed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.metadata
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +35,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
@@ -37,6 +43,21 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 from mutations import MUTATIONS, Mutation  # noqa: E402
 
 DEFAULT_TIMEOUT_S = 300.0
+# Imported once before the test runs fork (on a busy machine, importing torch alone can take half a minute).
+PRELOAD = (
+    "torch",
+    "numpy",
+    "safetensors.torch",
+    "fastapi",
+    "fastapi.testclient",
+    "httpx",
+    "pydantic",
+    "pydantic_settings",
+    "prometheus_client",
+    "uvicorn",
+    "tqdm",
+    "pytest",
+)
 # pytest's exit status 1 is "some test failed"; any other failure (2: a collection error, e.g. a replacement
 # that does not parse; 4: a node id that does not exist; 5: nothing collected) says the mutation list is wrong.
 PYTEST_TESTS_FAILED = 1
@@ -96,6 +117,7 @@ def child_environment(copy: Path) -> dict[str, str]:
     data = Path(env.get("PTB_DATA_DIR", "../shared/data/ptb")).expanduser()
     env["PTB_DATA_DIR"] = str(data if data.is_absolute() else (REPO_ROOT / data).resolve())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(copy), env.get("PYTHONPATH")]))
+    # No bytecode: a mutant and its restored original can share a size and an mtime second, and so a .pyc.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
@@ -112,16 +134,71 @@ def check_imports_from(copy: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"the packages are imported from outside the copy ({outside}); cannot test mutations")
 
 
+def preload() -> None:
+    """Import the heavy third-party libraries and pytest's plugins once, here: each test run is a fork of this
+    process, so it starts with them loaded and imports only the project's own (possibly mutated) modules
+    afresh. Nothing of lm, service or trainer may be imported before the fork."""
+    plugins = [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group="pytest11")]
+    for name in (*PRELOAD, *plugins):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    assert not {"lm", "service", "trainer"} & set(sys.modules), "a project module was imported before the fork"
+
+
+def _pytest_child(copy: Path, env: dict[str, str], args: Sequence[str], log: Path) -> NoReturn:
+    """In the forked child: pytest over the copy, its output into `log`; never returns."""
+    code = 3
+    try:
+        os.setpgid(0, 0)  # its own process group: a timeout kills it with any server a test started
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(copy)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path.insert(0, str(copy))
+        sys.dont_write_bytecode = True
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        import pytest
+
+        code = int(pytest.main(list(args)))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def run_pytest(copy: Path, env: dict[str, str], selection: Sequence[str], timeout: float) -> tuple[int | None, str]:
     """(pytest's exit status, or None on timeout; its last line of output) for `selection` in the copy."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+    log = copy.parent / "pytest.log"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _pytest_child(copy, env, ["-x", "-q", "-p", "no:cacheprovider", *selection], log)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    deadline = time.monotonic() + timeout
+    status = None
     try:
-        done = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        while status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(raw)
+            elif time.monotonic() > deadline:
+                break
+            else:
+                time.sleep(0.1)
+    finally:
+        if status is None:  # timed out, or Ctrl-C: the run and whatever it started go
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if status is None:
         return None, f"timed out after {timeout:.0f} s"
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     summary = re.sub(r"=+", "", lines[-1]).strip() if lines else "no output"
-    return done.returncode, summary
+    return status, summary
 
 
 def apply_and_test(copy: Path, env: dict[str, str], mutation: Mutation, timeout: float) -> Outcome:
@@ -171,6 +248,10 @@ def select(names: Sequence[str] | None) -> list[Mutation]:
     return [by_name[n] for n in names]
 
 
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutation (repeatable)")
@@ -185,12 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     outcomes: list[Outcome] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C
     try:
         with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
             copy = Path(tmp) / REPO_ROOT.name
             copy_tree(REPO_ROOT, copy)
             env = child_environment(copy)
             check_imports_from(copy, env)
+            preload()
             if not args.no_baseline:
                 selection = union_of_selections(m for m in mutations if stale_reason(copy, m) is None)
                 print(f"baseline: {len(selection)} test selections on the unmutated copy ...", flush=True)

@@ -174,7 +174,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         SCORING,
         "rk = ((logits > logits.gather(-1, target)).sum(-1) + 1)",
         "rk = ((logits >= logits.gather(-1, target)).sum(-1) + 1)",
-        SCORING_TESTS,
+        ("tests/unit/lm/test_lm_scoring.py::test_ranks_count_the_strictly_more_probable_words",),
         "a token's rank counts the words at least as probable (itself included), not the strictly more probable",
     ),
     Mutation(
@@ -198,7 +198,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         SCORING,
         "return -lp.double().sum().item(), lp.numel()",
         "return -lp.double().sum().item(), lp.numel() + 1",
-        (*SCORING_TESTS, "tests/unit/trainer/test_trainer_evaluate.py"),
+        (
+            "tests/unit/lm/test_lm_scoring.py::test_stream_nll_sums_the_token_logprobs",
+            "tests/unit/lm/test_lm_scoring.py::test_uniform_model_gives_perplexity_equal_to_vocabulary_size",
+            "tests/unit/trainer/test_trainer_evaluate.py::test_uniform_model_perplexity_is_the_vocabulary_size",
+        ),
         "the first token of a stream is counted as a prediction (perplexity over one token too many)",
     ),
     # --- training ---------------------------------------------------------------------------------------------------
@@ -231,7 +235,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "trainer/evaluate.py",
         "seqs = [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for _, words in pending]",
         "seqs = [[*vocab.encode(words), vocab.eos_id] for _, words in pending]",
-        ("tests/unit/trainer/test_trainer_evaluate.py",),
+        ("tests/unit/trainer/test_trainer_evaluate.py::test_score_lines_primes_with_eos_and_predicts_the_final_eos",),
         "`trainer eval --text` does not prime a sentence with <eos> (its first word is never predicted)",
     ),
 )
