@@ -26,6 +26,7 @@ NORMALIZE = "lm/normalize.py"
 NORMALIZE_TESTS = ("tests/unit/service/test_normalize.py",)
 SCORING = "lm/scoring.py"
 SCORING_TESTS = ("tests/unit/lm/test_lm_scoring.py",)
+TRAIN_STEP_TESTS = ("tests/unit/trainer/test_trainer_step.py",)
 
 MUTATIONS: tuple[Mutation, ...] = (
     # --- normalisation: each rule of lm/normalize.py ------------------------------------------------------------
@@ -229,6 +230,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         "max(epoch - config.decay_after + 1, 0)",
         ("tests/unit/trainer/test_trainer_configs.py",),
         "the learning rate decays one epoch early",
+    ),
+    Mutation(
+        "bptt-detach",
+        "trainer/train.py",
+        "hidden = detach_state(hidden)  # truncated BPTT",
+        "hidden = hidden  # truncated BPTT",
+        TRAIN_STEP_TESTS,
+        "the carried state is not detached at a window boundary (backpropagation into the previous window)",
+    ),
+    Mutation(
+        "loss-times-steps",
+        "trainer/train.py",
+        "(loss * config.num_steps).backward()",
+        "loss.backward()",
+        TRAIN_STEP_TESTS,
+        "the per-token loss is not scaled by num_steps (lr and the clipping norm lose the paper's meaning)",
+    ),
+    Mutation(
+        "grad-clip",
+        "trainer/train.py",
+        "    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)\n",
+        "",
+        TRAIN_STEP_TESTS,
+        "the gradient's global norm is not clipped",
     ),
     Mutation(
         "eval-priming",
