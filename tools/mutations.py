@@ -23,10 +23,16 @@ class Mutation:
 
 
 NORMALIZE = "lm/normalize.py"
-NORMALIZE_TESTS = ("tests/unit/service/test_normalize.py",)
+NORMALIZE_TESTS = ("tests/unit/lm/test_normalize.py",)
 SCORING = "lm/scoring.py"
 SCORING_TESTS = ("tests/unit/lm/test_lm_scoring.py",)
 TRAIN_STEP_TESTS = ("tests/unit/trainer/test_trainer_step.py",)
+ENGINE = "service/engine.py"
+ENGINE_TESTS = "tests/unit/service/test_service_engine.py"
+RUNNER = "service/runner.py"
+LIMITS = "service/limits.py"
+LIMITS_TESTS = "tests/unit/service/test_service_limits.py"
+SCORE_TESTS = "tests/unit/service/test_service_score.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # --- normalisation: each rule of lm/normalize.py ------------------------------------------------------------
@@ -255,12 +261,141 @@ MUTATIONS: tuple[Mutation, ...] = (
         TRAIN_STEP_TESTS,
         "the gradient's global norm is not clipped",
     ),
+    # --- the service: encoding, engine, runner, limits, responses, metrics ---------------------------------------
     Mutation(
-        "eval-priming",
-        "trainer/evaluate.py",
-        "seqs = [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for _, words in pending]",
-        "seqs = [[*vocab.encode(words), vocab.eos_id] for _, words in pending]",
-        ("tests/unit/trainer/test_trainer_evaluate.py::test_score_lines_primes_with_eos_and_predicts_the_final_eos",),
-        "`trainer eval --text` does not prime a sentence with <eos> (its first word is never predicted)",
+        "priming-eos",
+        "lm/encoding.py",
+        "return Encoded(tokens, oov, [vocab.eos_id, *vocab.encode(tokens)])",
+        "return Encoded(tokens, oov, vocab.encode(tokens))",
+        (
+            f"{SCORE_TESTS}::test_score_equals_a_plain_forward_pass",
+            "tests/unit/trainer/test_trainer_evaluate.py::test_score_lines_primes_with_eos_and_predicts_the_final_eos",
+        ),
+        "a sentence is not primed with <eos> (its first word is never predicted)",
+    ),
+    Mutation(
+        "perplexity",
+        SCORING,
+        "return math.exp(-logprob / num_tokens)",
+        "return math.exp(-logprob / (num_tokens + 1))",
+        (f"{SCORE_TESTS}::test_score_equals_a_plain_forward_pass",),
+        "a sentence's perplexity divides by one prediction too many",
+    ),
+    Mutation(
+        "queue-bound",
+        ENGINE,
+        "return self._live + n <= self.max_queue",
+        "return True",
+        (f"{ENGINE_TESTS}::test_queue_full_is_all_or_nothing",),
+        "the queue takes work past max_queue",
+    ),
+    Mutation(
+        "max-wait-units",
+        ENGINE,
+        "self.max_wait = settings.max_wait_ms / 1000.0",
+        "self.max_wait = settings.max_wait_ms / 100.0",
+        (f"{ENGINE_TESTS}::test_a_lone_item_waits_max_wait_ms_for_company_then_runs",),
+        "the oldest item waits 10 x max_wait_ms",
+    ),
+    Mutation(
+        "max-wait-ignored",
+        ENGINE,
+        "deadline = self._queue[0].enqueued + self.max_wait",
+        "deadline = self._queue[0].enqueued + 0.1",
+        (f"{ENGINE_TESTS}::test_a_lone_item_waits_max_wait_ms_for_company_then_runs",),
+        "the oldest item waits a fixed 100 ms, whatever max_wait_ms says",
+    ),
+    Mutation(
+        "batch-trigger",
+        ENGINE,
+        'trigger = "timeout"',
+        'trigger = "full"',
+        ("tests/unit/service/test_service_metrics.py::test_the_engine_really_batches_concurrent_requests",),
+        "a batch closed by the wait is counted as closed because it was full",
+    ),
+    Mutation(
+        "length-sort",
+        ENGINE,
+        "batch.sort(key=lambda e: e.job.num_tokens, reverse=True)",
+        "batch.sort(key=lambda e: e.job.num_tokens, reverse=False)",
+        (f"{ENGINE_TESTS}::test_items_are_sorted_by_length_and_each_future_gets_its_own_result",),
+        "a batch is not ordered longest first",
+    ),
+    Mutation(
+        "cancelled-computed",
+        ENGINE,
+        "if entry.future.done():  # cancelled or timed out while queued",
+        "if False:  # cancelled or timed out while queued",
+        (f"{ENGINE_TESTS}::test_cancelled_items_are_not_computed",),
+        "work nobody waits for any more (its client left) is computed anyway",
+    ),
+    Mutation(
+        "dtype",
+        RUNNER,
+        "self.model = ckpt.model.to(self.device, self.dtype).eval()",
+        "self.model = ckpt.model.to(self.device).eval()",
+        ("tests/unit/service/test_service_ops.py::test_dtype_is_what_the_model_computes_in",),
+        "LMSERVE_DTYPE is ignored: the weights stay float32",
+    ),
+    Mutation(
+        "non-finite",
+        RUNNER,
+        "if not torch.isfinite(values).all():",
+        "if False:",
+        ("tests/unit/service/test_service_overload.py::test_non_finite_output_is_an_error_not_a_number",),
+        "a NaN or infinite log-probability is returned as a number",
+    ),
+    Mutation(
+        "oom-split",
+        RUNNER,
+        "return self.run(jobs[:half]) + self.run(jobs[half:])",
+        "raise",
+        ("tests/unit/service/test_service_reliability.py::test_out_of_memory_splits_the_batch_and_retries",),
+        "a batch that runs out of device memory fails instead of being split and retried",
+    ),
+    Mutation(
+        "max-chars",
+        LIMITS,
+        "if len(text) > self.max_chars:",
+        "if len(text) > self.max_chars + 1:",
+        (f"{LIMITS_TESTS}::test_max_chars",),
+        "a sentence one character over max_chars is accepted",
+    ),
+    Mutation(
+        "max-tokens",
+        LIMITS,
+        "if len(words) > self.max_tokens:",
+        "if len(words) >= self.max_tokens:",
+        (f"{LIMITS_TESTS}::test_max_tokens_counts_tokens_after_normalisation",),
+        "a sentence of exactly max_tokens tokens is refused",
+    ),
+    Mutation(
+        "max-sentences",
+        LIMITS,
+        "if n > self.max_sentences:",
+        "if n > self.max_sentences + 1:",
+        (f"{LIMITS_TESTS}::test_max_sentences",),
+        "a request of max_sentences + 1 sentences is accepted",
+    ),
+    Mutation(
+        "candidate-rank",
+        "service/adapters/native.py",
+        "rank = int((logdist > v).sum()) + 1",
+        "rank = int((logdist >= v).sum()) + 1",
+        (
+            "tests/unit/service/test_service_next_word.py::"
+            "test_candidates_get_their_prob_and_a_rank_consistent_with_the_top_k",
+        ),
+        "a candidate's rank counts itself among the more probable words",
+    ),
+    Mutation(
+        "metric-renamed",
+        "service/metrics.py",
+        'p + "batch_size", "Sequences per forward pass"',
+        'p + "batch_sequences", "Sequences per forward pass"',
+        (
+            "tests/unit/service/test_service_reliability.py::test_work_of_a_client_that_disconnects_is_dropped_not_computed",
+        ),
+        "lmserve_batch_size is renamed: a check that it is 0 must not pass on its absence",
     ),
 )
