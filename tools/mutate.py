@@ -80,7 +80,7 @@ def find_snippet(text: str, snippet: str) -> int:
 
 def stale_reason(root: Path, mutation: Mutation) -> str | None:
     """Why `mutation` cannot be applied to the tree at `root` (None when it can): a missing file, or a snippet
-    that is absent or ambiguous; also a test selection naming a file that does not exist."""
+    that is absent or ambiguous; also a test selection naming a file or a test that does not exist."""
     path = root / mutation.path
     if not path.is_file():
         return f"{mutation.path}: no such file"
@@ -88,9 +88,11 @@ def stale_reason(root: Path, mutation: Mutation) -> str | None:
     if count != 1:
         return f"{mutation.path}: the original snippet occurs {count} times (expected once)"
     for selection in mutation.tests:
-        test_file = selection.split("::", 1)[0]
+        test_file, *names = selection.split("::")
         if not (root / test_file).is_file():
             return f"test selection {selection}: no such file"
+        if names and f"def {names[-1].split('[')[0]}(" not in (root / test_file).read_text(encoding="utf-8"):
+            return f"test selection {selection}: no such test in {test_file}"
     return None
 
 

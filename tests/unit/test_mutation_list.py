@@ -53,3 +53,13 @@ def test_a_moved_snippet_is_reported_stale(tmp_path: Path) -> None:
     assert "occurs 2 times" in mutate.stale_reason(tmp_path, m)
     (tmp_path / m.path).unlink()
     assert "no such file" in mutate.stale_reason(tmp_path, m)
+
+
+def test_a_renamed_test_is_reported_stale(tmp_path: Path) -> None:
+    m = next(m for m in mutate.MUTATIONS if "::" in m.tests[0])
+    (tmp_path / m.path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / m.path).write_text(m.original + "\n", encoding="utf-8")
+    test_file = tmp_path / m.tests[0].split("::")[0]
+    test_file.parent.mkdir(parents=True, exist_ok=True)
+    test_file.write_text("def test_something_else() -> None:\n    pass\n", encoding="utf-8")
+    assert "no such test" in mutate.stale_reason(tmp_path, m)
