@@ -198,9 +198,13 @@ def run_pytest(copy: Path, env: dict[str, str], selection: Sequence[str], timeou
             os.waitpid(pid, 0)
     if status is None:
         return None, f"timed out after {timeout:.0f} s"
-    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [line for line in last_lines(log, 5).splitlines() if line.strip()]
     summary = re.sub(r"=+", "", lines[-1]).strip() if lines else "no output"
     return status, summary
+
+
+def last_lines(path: Path, n: int) -> str:
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
 
 
 def apply_and_test(copy: Path, env: dict[str, str], mutation: Mutation, timeout: float) -> Outcome:
@@ -281,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"baseline: {len(selection)} test selections on the unmutated copy ...", flush=True)
                 code, summary = run_pytest(copy, env, selection, args.timeout * 4)
                 if code != 0:
+                    print(last_lines(copy.parent / "pytest.log", 40), file=sys.stderr)
                     print(f"baseline failed ({summary}): fix the tests before checking mutations", file=sys.stderr)
                     return 2
                 print(f"baseline: {summary}", flush=True)
