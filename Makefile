@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration e2e docker-test k8s-validate ray-test wheels lint format train-small eval-small gpu-dry-run clean
+.PHONY: install serve test unit integration e2e docker-test k8s-validate ray-test wheels lint format mutate train-small eval-small gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -55,7 +55,7 @@ ray-test: install
 wheels:
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
-LINT := lm trainer service tests benchmarks deploy docker
+LINT := lm trainer service tests benchmarks deploy docker tools
 lint: install
 	$(VENV)/bin/ruff check $(LINT)
 	$(VENV)/bin/ruff format --check $(LINT)
@@ -63,6 +63,12 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format $(LINT)
 	$(VENV)/bin/ruff check --fix $(LINT)
+
+# One-line breaks of the core rules (tools/mutations.py), each against its own tests, on a copy of the tree:
+# every one must be killed (docs/mutation.md). Slow, so not in `make test` or CI; a unit test keeps the list
+# in step with the code.
+mutate: install
+	$(PY) tools/mutate.py
 
 train-small: install
 	$(PY) -m trainer train --config small --data-dir $(PTB_DATA_DIR) --out models/ptb-small

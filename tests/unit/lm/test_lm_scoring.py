@@ -69,6 +69,25 @@ def test_padding_in_a_batch_equals_each_scored_alone(make_model, sequences) -> N
         torch.testing.assert_close(lp, token_logprobs(model, [seq])[0], rtol=0, atol=1e-5)
 
 
+def test_a_bfloat16_model_is_scored_with_a_float32_log_softmax(make_model, sequences) -> None:
+    """The network runs in bfloat16, the log-softmax in float32: each answer is the float32 log-softmax of the
+    bfloat16 logits the decoder produced, which a bfloat16 log-softmax (8 bits of mantissa) misses by ~1e-2."""
+    model = make_model().to(torch.bfloat16)
+    seen: list[torch.Tensor] = []
+    hook = model.decoder.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        for seq in (s for s in sequences if len(s) >= 2):
+            seen.clear()
+            (sc,) = score_tokens(model, [seq])
+            (logits,) = seen  # (n, V): one row per prediction, one chunk
+            assert logits.dtype == torch.bfloat16
+            assert sc.logprobs.dtype == torch.float32
+            expected = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(seq) - 1), seq[1:]]
+            torch.testing.assert_close(sc.logprobs, expected, rtol=0, atol=1e-6)
+    finally:
+        hook.remove()
+
+
 def test_results_come_back_in_input_order(make_model) -> None:
     model = make_model()
     short, long = [1, 2, 3], [4, 5, 6, 7, 8, 9, 10]

@@ -110,6 +110,7 @@ def test_the_documented_normalisation_table(normalizer, ptb_vocab) -> None:
     ("text", "expected"),
     [
         ("The company said profits rose 5% to $30 million.", "the company said profits rose N N to $ N million"),
+        ("rose 5 % to", "rose N N to"),  # a standalone % is N too, not punctuation to drop
         ("Mr. Smith didn't say.", "mr. smith did n't say"),
         ("can't", "ca n't"),
         ("won't", "wo n't"),

@@ -82,26 +82,58 @@ def assert_envelope(response: httpx.Response, status: int | None = None, code: s
     return error
 
 
-def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
-    """Prometheus text -> {(sample name, frozenset of label pairs): value}."""
+class Samples(dict):
+    """{(sample name, frozenset of label pairs): value}, and the names of the metric families exposed (a labelled
+    counter nothing has counted yet is a family without samples)."""
+
+    families: frozenset[str] = frozenset()
+
+    def exposes(self, name: str) -> bool:
+        """Whether `name` is a sample name of an exposed family (`x`, `x_total`, `x_count`, `x_sum`, ...)."""
+        suffixes = ("", "_total", "_count", "_sum", "_bucket", "_created")
+        return any(name == family + suffix for family in self.families for suffix in suffixes)
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text -> {(sample name, frozenset of label pairs): value}, with the family names."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples: dict[tuple[str, frozenset], float] = {}
+    samples = Samples()
+    families = set()
     for family in text_string_to_metric_families(text):
+        families.add(family.name)
         for s in family.samples:
             samples[(s.name, frozenset(s.labels.items()))] = s.value
+    samples.families = frozenset(families)
     return samples
 
 
-def metric(samples: dict, name: str, **labels: str) -> float:
-    """The value of one sample (0.0 when it is absent, as Prometheus would read an unseen child)."""
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """The value of one sample; a sample that is not exposed fails the test (a renamed or dropped metric must
+    not read as 0)."""
+    key = (name, frozenset(labels.items()))
+    if key not in samples:
+        similar = sorted({f"{n}{dict(lab)}" for n, lab in samples if n == name}) or "none"
+        raise AssertionError(f"no sample {name}{labels} exposed; samples of that name: {similar}")
+    return samples[key]
+
+
+def metric_or_zero(samples: Samples, name: str, **labels: str) -> float:
+    """The value of one sample, 0.0 when that labelled child is absent: for a counter whose label value nothing
+    has used yet (Prometheus reads it as 0). The metric itself must be exposed: a renamed or dropped metric
+    fails here too."""
+    if not samples.exposes(name):
+        raise AssertionError(f"no metric {name} exposed (families: {sorted(samples.families)})")
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def metric_sum(samples: dict, name: str, **labels: str) -> float:
-    """The sum over every sample of `name` whose labels include `labels`."""
+def metric_sum(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every sample of `name` whose labels include `labels` (at least one must be exposed)."""
     want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+    values = [v for (n, lab), v in samples.items() if n == name and want <= set(lab)]
+    if not values:
+        raise AssertionError(f"no sample {name}{labels} exposed")
+    return sum(values)
 
 
 def get_metrics(client: TestClient | httpx.Client) -> dict:

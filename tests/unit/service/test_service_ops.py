@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from service_helpers import METRICS, assert_envelope, run_service_cli
 
@@ -65,16 +66,44 @@ def test_model_describes_the_checkpoint(client, service_ckpt) -> None:
     assert body["training"]["seed"] == 1234
 
 
-def test_model_reports_a_reduced_dtype(serve, service_ckpt) -> None:
-    with serve(dtype="bfloat16") as client:
-        assert client.get("/model").json()["dtype"] == "bfloat16"
-        r = client.post("/score", json={"text": "the stock market rose", "per_token": True})
-        assert r.status_code == 200
-        (result,) = r.json()["results"]
-    with serve() as client:
-        (exact,) = client.post("/score", json={"text": "the stock market rose", "per_token": True}).json()["results"]
-    # Not exact in bfloat16, but the same numbers to within its precision.
-    assert result["token_logprobs"] == pytest.approx(exact["token_logprobs"], abs=0.1)
+def tensors_in(value) -> list[torch.Tensor]:
+    """Every tensor in a module's output (a tensor, or nested tuples of them such as the LSTM's)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for v in value for t in tensors_in(v)] if isinstance(value, tuple | list) else []
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dtype_is_what_the_model_computes_in(serve, dtype: str) -> None:
+    """LMSERVE_DTYPE is not only what /model reports: every weight is in that dtype, and so is the output of
+    the embedding, the LSTM and the decoder while a request is scored."""
+    with serve(dtype=dtype) as client:
+        assert client.get("/model").json()["dtype"] == dtype
+        model = client.app.state.runner.model
+        assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+        outputs: list[torch.Tensor] = []
+        hooks = [
+            m.register_forward_hook(lambda module, args, out: outputs.extend(tensors_in(out)))
+            for m in (model.embedding, model.lstm, model.decoder)
+        ]
+        try:
+            assert client.post("/score", json={"text": "the stock market rose"}).status_code == 200
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert len(outputs) >= 3
+    assert {t.dtype for t in outputs if t.is_floating_point()} == {getattr(torch, dtype)}
+
+
+def test_bfloat16_gives_other_bits_within_its_precision(serve) -> None:
+    logprobs = {}
+    for dtype in ("float32", "bfloat16"):
+        with serve(dtype=dtype) as client:
+            r = client.post("/score", json={"text": "the stock market rose", "per_token": True})
+            assert r.status_code == 200
+            logprobs[dtype] = r.json()["results"][0]["token_logprobs"]
+    assert logprobs["bfloat16"] != logprobs["float32"]  # computed in bfloat16, not float32 relabelled
+    assert logprobs["bfloat16"] == pytest.approx(logprobs["float32"], abs=0.1)
 
 
 def test_openapi_lists_the_routes_with_examples(client) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from service_helpers import assert_envelope, get_metrics, metric, run_service_cli
+from service_helpers import assert_envelope, get_metrics, metric, reference_logprobs, run_service_cli
 
 from lm.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from service.runner import ModelRunner
@@ -126,13 +126,27 @@ def test_hostile_next_word_inputs_get_the_right_4xx(client, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["the stock 📈 market 😀", "השוק עלה היום", "مرحبا بالعالم", "the\u202emarket", "tab\tand\nnewline"]
+    ("text", "tokens", "oov"),
+    [
+        ("the stock 📈 market 😀", ["the", "stock", "<unk>", "market", "<unk>"], ["📈", "😀"]),
+        ("השוק עלה היום", ["<unk>"] * 3, ["השוק", "עלה", "היום"]),
+        ("مرحبا بالعالم", ["<unk>"] * 2, ["مرحبا", "بالعالم"]),
+        ("the\u202emarket", ["<unk>"], ["the\u202emarket"]),
+        ("tab\tand\nnewline", ["<unk>", "and", "<unk>"], ["tab", "newline"]),
+    ],
 )
-def test_emoji_right_to_left_and_control_characters_are_scored_as_oov(client, text: str) -> None:
+def test_emoji_right_to_left_and_control_characters_are_scored_as_unk(
+    client, service_ckpt, text: str, tokens: list[str], oov: list[str]
+) -> None:
+    """Words the vocabulary does not hold, whatever their script, are scored as `<unk>` and listed in `oov`:
+    never dropped, never an error."""
     r = client.post("/score", json={"text": text, "per_token": True})
     assert r.status_code == 200
-    result = r.json()["results"][0]
-    assert result["num_tokens"] == len(result["tokens"]) and all(lp < 0 for lp in result["token_logprobs"])
+    (result,) = r.json()["results"]
+    assert result["tokens"] == [*tokens, "<eos>"]
+    assert result["oov"] == oov and result["num_oov"] == len(oov)
+    expected = reference_logprobs(service_ckpt, result["tokens"])
+    assert result["token_logprobs"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_duplicate_and_oov_candidates(client) -> None:

@@ -1,0 +1,401 @@
+"""The one-line breaks that `tools/mutate.py` applies, one at a time, to the rules the project rests on.
+
+Each names the file, an exact snippet of it (which must occur there exactly once), what replaces it, and the
+tests that must fail when it is replaced. When the code moves, `tests/unit/test_mutation_list.py` fails on the
+snippet that is no longer there: update the entry to the code as it now is, then run `make mutate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One break of one rule, and the pytest selection (files or node ids) that must notice it."""
+
+    name: str
+    path: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+    description: str
+
+
+NORMALIZE = "lm/normalize.py"
+NORMALIZE_TESTS = ("tests/unit/lm/test_normalize.py",)
+SCORING = "lm/scoring.py"
+SCORING_TESTS = ("tests/unit/lm/test_lm_scoring.py",)
+TRAIN_STEP_TESTS = ("tests/unit/trainer/test_trainer_step.py",)
+ENGINE = "service/engine.py"
+ENGINE_TESTS = "tests/unit/service/test_service_engine.py"
+RUNNER = "service/runner.py"
+LIMITS = "service/limits.py"
+LIMITS_TESTS = "tests/unit/service/test_service_limits.py"
+SCORE_TESTS = "tests/unit/service/test_service_score.py"
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # --- normalisation: each rule of lm/normalize.py ------------------------------------------------------------
+    Mutation(
+        "pct-alone",
+        NORMALIZE,
+        'if w == "%":',
+        "if False:",
+        NORMALIZE_TESTS,
+        'a standalone "%" is dropped instead of becoming N ("rose 5 % to")',
+    ),
+    Mutation(
+        "pct-suffix",
+        NORMALIZE,
+        "return [*self._word(w[:-1]), NUM]",
+        "return self._word(w[:-1])",
+        NORMALIZE_TESTS,
+        'the "%" of "5%" is dropped instead of becoming N',
+    ),
+    Mutation(
+        "lower-case",
+        NORMALIZE,
+        "self._word(word.lower())",
+        "self._word(word)",
+        NORMALIZE_TESTS,
+        "text is not lower-cased",
+    ),
+    Mutation(
+        "curly-quotes",
+        NORMALIZE,
+        ".translate(_TRANSLATE)",
+        "",
+        NORMALIZE_TESTS,
+        "curly quotes and apostrophes are not made straight",
+    ),
+    Mutation(
+        "number",
+        NORMALIZE,
+        "if _NUMBER.match(w):",
+        "if False:",
+        NORMALIZE_TESTS,
+        "numbers are not written N",
+    ),
+    Mutation(
+        "currency",
+        NORMALIZE,
+        "return [sign, *self._word(w[len(sign) :])]",
+        "return [w]",
+        NORMALIZE_TESTS,
+        "a currency sign is not split off its amount",
+    ),
+    Mutation(
+        "nt-clitic",
+        NORMALIZE,
+        'if w.endswith("n\'t") and len(w) > 3:',
+        "if False:",
+        NORMALIZE_TESTS,
+        "n't is not split off (didn't -> did n't)",
+    ),
+    Mutation(
+        "clitics",
+        NORMALIZE,
+        '_CLITICS = ("\'s", "\'re", "\'ve", "\'ll", "\'d", "\'m")',
+        "_CLITICS = ()",
+        NORMALIZE_TESTS,
+        "'s 're 've 'll 'd 'm are not split off",
+    ),
+    Mutation(
+        "plural-possessive",
+        NORMALIZE,
+        'return [*self._word(w[:-1]), "\'"]',
+        "return self._word(w[:-1])",
+        NORMALIZE_TESTS,
+        "a plural possessive loses its apostrophe token (funds' -> funds)",
+    ),
+    Mutation(
+        "slash-escape",
+        NORMALIZE,
+        'escaped = w.replace("/", "\\\\/").replace("*", "\\\\*")',
+        "escaped = w",
+        NORMALIZE_TESTS,
+        "/ is not written \\/ as in the corpus",
+    ),
+    Mutation(
+        "trailing-punctuation",
+        NORMALIZE,
+        '_TRAILING = set("\\"\')]}>,.;:!?")',
+        '_TRAILING = set("\\"\')]}>")',
+        NORMALIZE_TESTS,
+        "a trailing comma, period, colon, ... stays on the word",
+    ),
+    Mutation(
+        "known-abbreviation",
+        NORMALIZE,
+        "                if self._known(core):\n                    return core\n",
+        "",
+        NORMALIZE_TESTS,
+        "an abbreviation the vocabulary holds loses its period (corp. -> corp)",
+    ),
+    Mutation(
+        "ptb-n",
+        NORMALIZE,
+        "[NUM] if word == NUM else ",
+        "",
+        NORMALIZE_TESTS,
+        "PTB's own N is lower-cased (normalising PTB text changes it)",
+    ),
+    Mutation(
+        "emoji-dropped",
+        NORMALIZE,
+        "if all(_is_punct(c) for c in w) and w not in _CURRENCY:",
+        "if not any(c.isalnum() for c in w) and w not in _CURRENCY:",
+        (
+            "tests/unit/service/test_service_reliability.py::test_emoji_right_to_left_and_control_characters_are_scored_as_unk",
+        ),
+        "a word of symbols (an emoji) is dropped like punctuation instead of being scored as <unk>",
+    ),
+    # --- the vocabulary and the checkpoint ------------------------------------------------------------------------
+    Mutation(
+        "oov-to-unk",
+        "lm/vocab.py",
+        "return [self.stoi.get(t, self.unk_id) for t in tokens]",
+        "return [self.stoi.get(t, self.eos_id) for t in tokens]",
+        ("tests/unit/lm/test_lm_vocab.py",),
+        "a word outside the vocabulary is encoded as <eos>, not <unk>",
+    ),
+    Mutation(
+        "vocab-order",
+        "lm/vocab.py",
+        "key=lambda w: (-counts[w], w)",
+        "key=lambda w: (counts[w], w)",
+        ("tests/unit/lm/test_lm_vocab.py",),
+        "the vocabulary is ordered rarest first (ids differ from the tutorial's)",
+    ),
+    Mutation(
+        "checkpoint-checksum",
+        "lm/checkpoint.py",
+        'if digest != meta.get("weights_sha256"):',
+        "if False:",
+        ("tests/unit/lm/test_lm_checkpoint.py",),
+        "the weights' sha256 is not checked against config.json",
+    ),
+    # --- scoring ----------------------------------------------------------------------------------------------------
+    Mutation(
+        "ranks-strict",
+        SCORING,
+        "rk = ((logits > logits.gather(-1, target)).sum(-1) + 1)",
+        "rk = ((logits >= logits.gather(-1, target)).sum(-1) + 1)",
+        ("tests/unit/lm/test_lm_scoring.py::test_ranks_count_the_strictly_more_probable_words",),
+        "a token's rank counts the words at least as probable (itself included), not the strictly more probable",
+    ),
+    Mutation(
+        "chunk-state",
+        SCORING,
+        "feats, state = model.features(ids[:active, start : start + step], state)",
+        "feats, state = model.features(ids[:active, start : start + step], None)",
+        SCORING_TESTS,
+        "the LSTM state is not carried from one chunk of time steps to the next",
+    ),
+    Mutation(
+        "float32-log-softmax",
+        SCORING,
+        "lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)",
+        "lp = torch.log_softmax(logits, dim=-1)",
+        SCORING_TESTS,
+        "the log-softmax runs in the model's dtype (bfloat16) instead of float32",
+    ),
+    Mutation(
+        "stream-predictions",
+        SCORING,
+        "return -lp.double().sum().item(), lp.numel()",
+        "return -lp.double().sum().item(), lp.numel() + 1",
+        (
+            "tests/unit/lm/test_lm_scoring.py::test_stream_nll_sums_the_token_logprobs",
+            "tests/unit/lm/test_lm_scoring.py::test_uniform_model_gives_perplexity_equal_to_vocabulary_size",
+            "tests/unit/trainer/test_trainer_evaluate.py::test_uniform_model_perplexity_is_the_vocabulary_size",
+        ),
+        "the first token of a stream is counted as a prediction (perplexity over one token too many)",
+    ),
+    # --- training ---------------------------------------------------------------------------------------------------
+    Mutation(
+        "eos-per-line",
+        "trainer/data.py",
+        "        words.append(EOS)\n",
+        "",
+        ("tests/unit/trainer/test_trainer_data.py",),
+        "the reader does not append <eos> to each line",
+    ),
+    Mutation(
+        "targets-shift",
+        "trainer/data.py",
+        "batched[:, s + 1 : s + num_steps + 1]",
+        "batched[:, s : s + num_steps]",
+        ("tests/unit/trainer/test_trainer_data.py",),
+        "targets are the inputs, not the inputs shifted by one token",
+    ),
+    Mutation(
+        "lr-schedule",
+        "trainer/configs.py",
+        "max(epoch - config.decay_after, 0)",
+        "max(epoch - config.decay_after + 1, 0)",
+        ("tests/unit/trainer/test_trainer_configs.py",),
+        "the learning rate decays one epoch early",
+    ),
+    Mutation(
+        "bptt-detach",
+        "trainer/train.py",
+        "hidden = detach_state(hidden)  # truncated BPTT",
+        "hidden = hidden  # truncated BPTT",
+        TRAIN_STEP_TESTS,
+        "the carried state is not detached at a window boundary (backpropagation into the previous window)",
+    ),
+    Mutation(
+        "loss-times-steps",
+        "trainer/train.py",
+        "(loss * config.num_steps).backward()",
+        "loss.backward()",
+        TRAIN_STEP_TESTS,
+        "the per-token loss is not scaled by num_steps (lr and the clipping norm lose the paper's meaning)",
+    ),
+    Mutation(
+        "grad-clip",
+        "trainer/train.py",
+        "    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)\n",
+        "",
+        TRAIN_STEP_TESTS,
+        "the gradient's global norm is not clipped",
+    ),
+    # --- the service: encoding, engine, runner, limits, responses, metrics ---------------------------------------
+    Mutation(
+        "priming-eos",
+        "lm/encoding.py",
+        "return Encoded(tokens, oov, [vocab.eos_id, *vocab.encode(tokens)])",
+        "return Encoded(tokens, oov, vocab.encode(tokens))",
+        (
+            f"{SCORE_TESTS}::test_score_equals_a_plain_forward_pass",
+            "tests/unit/trainer/test_trainer_evaluate.py::test_score_lines_primes_with_eos_and_predicts_the_final_eos",
+        ),
+        "a sentence is not primed with <eos> (its first word is never predicted)",
+    ),
+    Mutation(
+        "perplexity",
+        SCORING,
+        "return math.exp(-logprob / num_tokens)",
+        "return math.exp(-logprob / (num_tokens + 1))",
+        (f"{SCORE_TESTS}::test_score_equals_a_plain_forward_pass",),
+        "a sentence's perplexity divides by one prediction too many",
+    ),
+    Mutation(
+        "queue-bound",
+        ENGINE,
+        "return self._live + n <= self.max_queue",
+        "return True",
+        (f"{ENGINE_TESTS}::test_queue_full_is_all_or_nothing",),
+        "the queue takes work past max_queue",
+    ),
+    Mutation(
+        "max-wait-units",
+        ENGINE,
+        "self.max_wait = settings.max_wait_ms / 1000.0",
+        "self.max_wait = settings.max_wait_ms / 100.0",
+        (f"{ENGINE_TESTS}::test_a_lone_item_waits_max_wait_ms_for_company_then_runs",),
+        "the oldest item waits 10 x max_wait_ms",
+    ),
+    Mutation(
+        "max-wait-ignored",
+        ENGINE,
+        "deadline = self._queue[0].enqueued + self.max_wait",
+        "deadline = self._queue[0].enqueued + 0.1",
+        (f"{ENGINE_TESTS}::test_a_lone_item_waits_max_wait_ms_for_company_then_runs",),
+        "the oldest item waits a fixed 100 ms, whatever max_wait_ms says",
+    ),
+    Mutation(
+        "batch-trigger",
+        ENGINE,
+        'trigger = "timeout"',
+        'trigger = "full"',
+        ("tests/unit/service/test_service_metrics.py::test_the_engine_really_batches_concurrent_requests",),
+        "a batch closed by the wait is counted as closed because it was full",
+    ),
+    Mutation(
+        "length-sort",
+        ENGINE,
+        "batch.sort(key=lambda e: e.job.num_tokens, reverse=True)",
+        "batch.sort(key=lambda e: e.job.num_tokens, reverse=False)",
+        (f"{ENGINE_TESTS}::test_items_are_sorted_by_length_and_each_future_gets_its_own_result",),
+        "a batch is not ordered longest first",
+    ),
+    Mutation(
+        "cancelled-computed",
+        ENGINE,
+        "if entry.future.done():  # cancelled or timed out while queued",
+        "if False:  # cancelled or timed out while queued",
+        (f"{ENGINE_TESTS}::test_cancelled_items_are_not_computed",),
+        "work nobody waits for any more (its client left) is computed anyway",
+    ),
+    Mutation(
+        "dtype",
+        RUNNER,
+        "self.model = ckpt.model.to(self.device, self.dtype).eval()",
+        "self.model = ckpt.model.to(self.device).eval()",
+        ("tests/unit/service/test_service_ops.py::test_dtype_is_what_the_model_computes_in",),
+        "LMSERVE_DTYPE is ignored: the weights stay float32",
+    ),
+    Mutation(
+        "non-finite",
+        RUNNER,
+        "if not torch.isfinite(values).all():",
+        "if False:",
+        ("tests/unit/service/test_service_overload.py::test_non_finite_output_is_an_error_not_a_number",),
+        "a NaN or infinite log-probability is returned as a number",
+    ),
+    Mutation(
+        "oom-split",
+        RUNNER,
+        "return self.run(jobs[:half]) + self.run(jobs[half:])",
+        "raise",
+        ("tests/unit/service/test_service_reliability.py::test_out_of_memory_splits_the_batch_and_retries",),
+        "a batch that runs out of device memory fails instead of being split and retried",
+    ),
+    Mutation(
+        "max-chars",
+        LIMITS,
+        "if len(text) > self.max_chars:",
+        "if len(text) > self.max_chars + 1:",
+        (f"{LIMITS_TESTS}::test_max_chars",),
+        "a sentence one character over max_chars is accepted",
+    ),
+    Mutation(
+        "max-tokens",
+        LIMITS,
+        "if len(words) > self.max_tokens:",
+        "if len(words) >= self.max_tokens:",
+        (f"{LIMITS_TESTS}::test_max_tokens_counts_tokens_after_normalisation",),
+        "a sentence of exactly max_tokens tokens is refused",
+    ),
+    Mutation(
+        "max-sentences",
+        LIMITS,
+        "if n > self.max_sentences:",
+        "if n > self.max_sentences + 1:",
+        (f"{LIMITS_TESTS}::test_max_sentences",),
+        "a request of max_sentences + 1 sentences is accepted",
+    ),
+    Mutation(
+        "candidate-rank",
+        "service/adapters/native.py",
+        "rank = int((logdist > v).sum()) + 1",
+        "rank = int((logdist >= v).sum()) + 1",
+        (
+            "tests/unit/service/test_service_next_word.py::"
+            "test_candidates_get_their_prob_and_a_rank_consistent_with_the_top_k",
+        ),
+        "a candidate's rank counts itself among the more probable words",
+    ),
+    Mutation(
+        "metric-renamed",
+        "service/metrics.py",
+        'p + "batch_size", "Sequences per forward pass"',
+        'p + "batch_sequences", "Sequences per forward pass"',
+        (
+            "tests/unit/service/test_service_reliability.py::test_work_of_a_client_that_disconnects_is_dropped_not_computed",
+        ),
+        "lmserve_batch_size is renamed: a check that it is 0 must not pass on its absence",
+    ),
+)
