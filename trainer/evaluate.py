@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from lm.checkpoint import Checkpoint
 from lm.scoring import stream_nll, token_logprobs
+from lm.tokenizers import tokenizer_for
 from lm.vocab import EOS
-from trainer.data import encode_split, split_path
+from trainer.data import encode_file, split_path
 from trainer.errors import TrainerError
 
 LN10 = math.log(10)
@@ -35,9 +36,15 @@ class SplitResult:
 
 def evaluate_split(ckpt: Checkpoint, data_dir: str | Path, split: str) -> SplitResult:
     """Perplexity of a split as one stream, state carried from the first token to the last (DESIGN.md)."""
-    ids = encode_split(split_path(data_dir, split), ckpt.vocab)
+    ids = encode_file(split_path(data_dir, split), ckpt.vocab, tokenizer_for(ckpt), closed_vocabulary(ckpt)).ids
     nll, n = stream_nll(ckpt.model, ids.to(ckpt.model.embedding.weight.device))
     return SplitResult(split, math.exp(nll / n), nll, n)
+
+
+def closed_vocabulary(ckpt: Checkpoint) -> bool:
+    """Whether the vocabulary is every training word (PTB's way: an unknown word in a split is an error),
+    rather than limited by --vocab-size / --min-count (unknown words are `<unk>`, as in training)."""
+    return ckpt.training.get("vocab_size_limit") is None and ckpt.training.get("min_count", 1) <= 1
 
 
 @dataclass
