@@ -7,7 +7,6 @@ python -m trainer eval --model models/ptb-small --text sentences.txt --per-sente
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,13 +16,11 @@ from typing import TextIO
 from tqdm import tqdm
 
 from lm.checkpoint import Checkpoint
-from lm.scoring import stream_nll, token_logprobs
+from lm.encoding import Encoded, SentenceEncoder
+from lm.scoring import LN10, perplexity, stream_nll, token_logprobs
 from lm.tokenizers import tokenizer_for
-from lm.vocab import EOS
 from trainer.data import encode_file, split_path
 from trainer.errors import TrainerError
-
-LN10 = math.log(10)
 
 
 @dataclass
@@ -35,10 +32,13 @@ class SplitResult:
 
 
 def evaluate_split(ckpt: Checkpoint, data_dir: str | Path, split: str) -> SplitResult:
-    """Perplexity of a split as one stream, state carried from the first token to the last (DESIGN.md)."""
+    """Perplexity of a split as one stream, state carried from the first token to the last (docs/architecture.md).
+
+    The split is read as the checkpoint's training text was: its tokenizer, and its vocabulary closed (an
+    unknown word is an error) or open (an unknown word is `<unk>`) as in training."""
     ids = encode_file(split_path(data_dir, split), ckpt.vocab, tokenizer_for(ckpt), closed_vocabulary(ckpt)).ids
     nll, n = stream_nll(ckpt.model, ids.to(ckpt.model.embedding.weight.device))
-    return SplitResult(split, math.exp(nll / n), nll, n)
+    return SplitResult(split, perplexity(-nll, n), nll, n)
 
 
 def closed_vocabulary(ckpt: Checkpoint) -> bool:
@@ -61,7 +61,7 @@ class SentenceScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(-self.logprob / self.num_tokens)
+        return perplexity(self.logprob, self.num_tokens)
 
 
 def score_lines(
@@ -70,16 +70,15 @@ def score_lines(
     tokenize: Callable[[str], list[str]] = str.split,
     batch_size: int = 64,
 ) -> Iterator[SentenceScore]:
-    """Score each non-empty line as a sentence: `<eos>`-primed, every word and the final `<eos>` predicted."""
-    vocab = ckpt.vocab
-    pending: list[tuple[str, list[str]]] = []
+    """Score each non-empty line as a sentence (`lm.encoding`: `<eos>`-primed, every word and the final `<eos>`
+    predicted)."""
+    encoder = SentenceEncoder.for_checkpoint(ckpt)
+    pending: list[tuple[str, Encoded]] = []
 
     def flush() -> Iterator[SentenceScore]:
-        seqs = [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for _, words in pending]
-        for (text, words), lp in zip(pending, token_logprobs(ckpt.model, seqs), strict=True):
-            oov = [w for w in words if w not in vocab]
-            tokens = [w if w in vocab else vocab.itos[vocab.unk_id] for w in words] + [EOS]
-            yield SentenceScore(text, tokens, oov, float(lp.double().sum()), lp.numel())
+        seqs = [e.ids for _, e in pending]
+        for (text, e), lp in zip(pending, token_logprobs(ckpt.model, seqs), strict=True):
+            yield SentenceScore(text, e.tokens, e.oov, float(lp.double().sum()), lp.numel())
         pending.clear()
 
     for line in lines:
@@ -87,7 +86,7 @@ def score_lines(
         words = tokenize(text)
         if not words:
             continue
-        pending.append((text, words))
+        pending.append((text, encoder.encode(words, add_eos=True)))
         if len(pending) >= batch_size:
             yield from flush()
     if pending:
@@ -153,7 +152,7 @@ def score_file(
         "num_tokens": predictions,
         "logprob": logprob,
         "log10prob": logprob / LN10,
-        "perplexity": math.exp(-logprob / predictions),
+        "perplexity": perplexity(logprob, predictions),
     }
     if fmt == "jsonl":
         print(json.dumps({"summary": summary}), file=out)
