@@ -115,9 +115,9 @@ def encode_file(
     oov = 0
     examples: dict[str, None] = {}
     for line in read_lines(path):
-        line_ids = [stoi.get(w, -1) for w in tokenizer.tokenize_corpus_line(line)]
-        if -1 in line_ids:
-            words = tokenizer.tokenize_corpus_line(line)
+        words = tokenizer.tokenize_corpus_line(line)
+        line_ids = [stoi.get(w, -1) for w in words]
+        if -1 in line_ids:  # words outside the vocabulary: <unk>, counted
             for i, w in enumerate(words):
                 if line_ids[i] == -1:
                     oov += 1
