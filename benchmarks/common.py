@@ -33,6 +33,34 @@ def ptb_test_sentences(data_dir: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def write_zipf_text(
+    path: Path, tokens: int, seed: int, s: float, types: int, lengths: tuple[int, int], successor_p: float = 0.0
+) -> int:
+    """Write about `tokens` generated words to `path`, a sentence a line: words `w0`, `w1`, ... drawn from a
+    Zipf law of exponent `s` over `types` types, sentences of `lengths` words (inclusive). With `successor_p`,
+    each word after the first is, with that probability, the fixed successor of the word before it (a map
+    drawn once from the same law), so there is context to learn while the unigram law stays Zipfian.
+    Returns the words written."""
+    import random
+    from itertools import accumulate
+
+    rng = random.Random(seed)
+    cum = list(accumulate(1.0 / (r**s) for r in range(1, types + 1)))
+    successor = random.Random(12345).choices(range(types), cum_weights=cum, k=types) if successor_p else []
+    written = 0
+    with path.open("w", encoding="utf-8") as f:
+        while written < tokens:
+            n = rng.randint(*lengths)
+            words = rng.choices(range(types), cum_weights=cum, k=n)
+            if successor_p:
+                for i in range(1, n):
+                    if rng.random() < successor_p:
+                        words[i] = successor[words[i - 1]]
+            f.write(" ".join(f"w{w}" for w in words) + "\n")
+            written += n
+    return written
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

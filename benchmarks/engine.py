@@ -51,7 +51,7 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def sentences_ids(ckpt, data_dir, limit: int | None, seed: int = 0) -> list[list[int]]:
-    encoder = SentenceEncoder(ckpt.vocab)
+    encoder = SentenceEncoder.for_checkpoint(ckpt)
     lines = [line.split() for line in ptb_test_sentences(data_dir)]
     random.Random(seed).shuffle(lines)
     lines = lines[:limit] if limit else lines

@@ -38,7 +38,7 @@ from lm.model import LSTMLanguageModel, ModelConfig
 from lm.vocab import Vocabulary
 from trainer.configs import get_config
 from trainer.data import batchify, encode_split, read_words, split_path
-from trainer.train import make_optimizer, train_step
+from trainer.train import TrainingObjective, make_optimizer, train_step
 
 
 class ReferenceRNN(nn.Module):
@@ -96,11 +96,12 @@ def reference_round(model, source_tm, hidden, steps, num_steps, lr, clip, bf16) 
 
 def ours_round(model, optimizer, config, source, hidden, steps) -> tuple[int, object]:
     model.train()
+    objective = TrainingObjective(model, config.bf16)
     tokens = 0
     for i in range(steps):
         s = i * config.num_steps
         x, y = source[:, s : s + config.num_steps], source[:, s + 1 : s + 1 + config.num_steps]
-        loss, hidden = train_step(model, optimizer, config, x, y, hidden)
+        loss, hidden = train_step(objective, optimizer, config, x, y, hidden)
         loss.item()
         tokens += y.numel()
     return tokens, hidden
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     vocab = Vocabulary.build(read_words(split_path(args.data_dir, "train")))
-    train_ids = encode_split(split_path(args.data_dir, "train"), vocab)
+    train_ids = encode_split(split_path(args.data_dir, "train"), vocab).long()
     rows, measured = [], {}
     for name in args.configs:
         c = get_config(name)

@@ -1,5 +1,9 @@
 """The checkpoint directory: `config.json` + `model.safetensors` (float32) + `vocab.txt`.
 
+Format `lstm-lm/2` (written now) adds to `lstm-lm/1` (still read) an adaptive-softmax decoder
+(`adaptive_cutoffs`, `adaptive_div_value`) and the tokenizer the model was trained with (`tokenizer`, see
+lm/tokenizers.py); a version-1 file has a full softmax and PTB's tokenizer.
+
 Loading never unpickles: the weights are safetensors, everything else is JSON or text. The loader checks the
 sha256 of the weights file, every tensor's name and shape against the config, and the vocabulary size, and
 raises `CheckpointError` naming the file and what is wrong.
@@ -21,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from lm.model import LSTMLanguageModel, ModelConfig
 from lm.vocab import Vocabulary, VocabularyError
 
-FORMAT = "lstm-lm/1"
+FORMAT = "lstm-lm/2"
+READABLE_FORMATS = ("lstm-lm/1", FORMAT)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"
@@ -68,8 +73,9 @@ def write_checkpoint_files(
     vocab: Vocabulary,
     training: dict | None = None,
     metrics: dict | None = None,
+    tokenizer: dict | None = None,
 ) -> None:
-    """Write the three files into an existing, empty directory."""
+    """Write the three files into an existing, empty directory; `tokenizer` is its spec (lm.tokenizers)."""
     config = model.config
     if len(vocab) != config.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} tokens, the model {config.vocab_size}")
@@ -81,6 +87,7 @@ def write_checkpoint_files(
     meta = {
         "format": FORMAT,
         **config.to_dict(),
+        "tokenizer": tokenizer or {"name": "ptb"},
         "training": training or {},
         "metrics": metrics or {},
         "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
@@ -94,6 +101,7 @@ def save_checkpoint(
     vocab: Vocabulary,
     training: dict | None = None,
     metrics: dict | None = None,
+    tokenizer: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically: a reader sees the old checkpoint or the new one, never half."""
     path = Path(path)
@@ -104,7 +112,7 @@ def save_checkpoint(
         if leftover.exists():
             shutil.rmtree(leftover)
     tmp.mkdir()
-    write_checkpoint_files(tmp, model, vocab, training, metrics)
+    write_checkpoint_files(tmp, model, vocab, training, metrics, tokenizer)
     # Keep whatever else lives in the directory (training log, curve, resume state).
     if path.exists():
         for child in path.iterdir():
@@ -139,8 +147,10 @@ def read_config(path: str | Path) -> dict:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object")
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{cfg_path}: format is {meta.get('format')!r}, expected one of {', '.join(READABLE_FORMATS)}"
+        )
     return meta
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lm.normalize import PTBNormalizer, whitespace_tokens
+from lm.normalize import whitespace_tokens
+from lm.tokenizers import PTBTokenizer, Tokenizer, tokenizer_for
 from lm.vocab import EOS, UNK, Vocabulary
 
 
@@ -25,15 +26,21 @@ class Encoded:
 
 class SentenceEncoder:
     """The vocabulary's view of text: `split` (normalise or not), `encode` (words -> Encoded) and `token`
-    (a single word, as a next-word candidate, looked up the way text is)."""
+    (a single word, as a next-word candidate, looked up the way text is); `tokenizer` is the checkpoint's."""
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    def __init__(self, vocab: Vocabulary, tokenizer: Tokenizer | None = None) -> None:
         self.vocab = vocab
-        self.normalizer = PTBNormalizer(vocab)
+        self.tokenizer = tokenizer if tokenizer is not None else PTBTokenizer(vocab)
+
+    @classmethod
+    def for_checkpoint(cls, ckpt: object) -> SentenceEncoder:
+        """The encoder of a loaded checkpoint: its vocabulary and the tokenizer it was trained with."""
+        return cls(ckpt.vocab, tokenizer_for(ckpt))  # type: ignore[attr-defined]
 
     def split(self, text: str, normalize: bool = True) -> list[str]:
-        """The words of `text`: PTB-normalised, or (normalize=False) split on whitespace only."""
-        return self.normalizer(text) if normalize else whitespace_tokens(text)
+        """The words of `text`: the model's own tokenizer (PTB's normaliser for a PTB model), or
+        (normalize=False) split on whitespace only."""
+        return self.tokenizer.tokenize(text) if normalize else whitespace_tokens(text)
 
     def encode(self, words: Sequence[str], add_eos: bool = False) -> Encoded:
         """`<eos>`, then the words (OOVs as `<unk>`), then `<eos>` again if `add_eos`."""
@@ -45,5 +52,5 @@ class SentenceEncoder:
     def token(self, word: str, normalize: bool = True) -> str | None:
         """The vocabulary token `word` stands for, or None: normalised like text (normalize=False: as written),
         it must give exactly one token, and that token must be in the vocabulary."""
-        words = self.normalizer(word) if normalize else [word]
+        words = self.tokenizer.tokenize(word) if normalize else [word]
         return words[0] if len(words) == 1 and words[0] in self.vocab else None

@@ -9,6 +9,10 @@ used only while training (inference is the same plain LSTM, so every checkpoint 
 - `dropout_input`, `dropout_between`, `dropout_output`: separate rates for those three (default: `dropout`);
 - `embed_dropout`: drop whole words, i.e. rows of the embedding matrix (Gal & Ghahramani 2016);
 - `weight_drop`: DropConnect on the hidden-to-hidden weights (Merity et al. 2017, AWD-LSTM).
+
+For large vocabularies the decoder can be an adaptive softmax (Grave et al. 2017, `adaptive_cutoffs`): the
+frequent words in a full-size head, the rarer ones in smaller clusters. It is exact, not an approximation of
+the distribution at inference: `log_probs` gives every word's log-probability, and they sum to 1.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class ModelConfig:
     locked_dropout: bool = False
     embed_dropout: float = 0.0
     weight_drop: float = 0.0
+    # Adaptive softmax: ids below adaptive_cutoffs[0] form the head, each later range a cluster (ids are by
+    # descending frequency); empty: a full softmax decoder. Each cluster's projection is div_value**k smaller.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div_value: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
@@ -52,6 +60,21 @@ class ModelConfig:
                 raise ValueError(f"{name} must be in [0, 1), not {value!r}")
         if self.tie_weights and self.embed_size != self.hidden_size:
             raise ValueError(f"tie_weights needs embed_size == hidden_size ({self.embed_size} != {self.hidden_size})")
+        object.__setattr__(self, "adaptive_cutoffs", tuple(self.adaptive_cutoffs))  # JSON gives a list
+        if self.adaptive_cutoffs:
+            c = self.adaptive_cutoffs
+            if any(not isinstance(x, int) or isinstance(x, bool) for x in c) or list(c) != sorted(set(c)):
+                raise ValueError(f"adaptive_cutoffs must be increasing integers, not {list(c)}")
+            if c[0] < 1 or c[-1] > self.vocab_size - 1:
+                raise ValueError(f"adaptive_cutoffs must lie in [1, vocab_size - 1 = {self.vocab_size - 1}]: {list(c)}")
+            if self.tie_weights:
+                raise ValueError("tie_weights and an adaptive softmax cannot be combined")
+            if not self.adaptive_div_value >= 1.0:
+                raise ValueError(f"adaptive_div_value must be >= 1, not {self.adaptive_div_value!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        return bool(self.adaptive_cutoffs)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -75,8 +98,19 @@ class ModelConfig:
             shapes[f"lstm.weight_hh_l{k}"] = (4 * h, h)
             shapes[f"lstm.bias_ih_l{k}"] = (4 * h,)
             shapes[f"lstm.bias_hh_l{k}"] = (4 * h,)
-        shapes["decoder.weight"] = (v, h)
-        shapes["decoder.bias"] = (v,)
+        if not self.adaptive:
+            shapes["decoder.weight"] = (v, h)
+            shapes["decoder.bias"] = (v,)
+            return shapes
+        # nn.AdaptiveLogSoftmaxWithLoss(head_bias=True): the head scores the shortlist and one entry per
+        # cluster; cluster k projects to h // div**(k+1) features, then to its words (no biases).
+        cuts = [*self.adaptive_cutoffs, v]
+        shapes["decoder.head.weight"] = (cuts[0] + len(cuts) - 1, h)
+        shapes["decoder.head.bias"] = (cuts[0] + len(cuts) - 1,)
+        for k in range(len(cuts) - 1):
+            proj = int(h // (self.adaptive_div_value ** (k + 1)))
+            shapes[f"decoder.tail.{k}.0.weight"] = (proj, h)
+            shapes[f"decoder.tail.{k}.1.weight"] = (cuts[k + 1] - cuts[k], proj)
         return shapes
 
 
@@ -96,7 +130,16 @@ class LSTMLanguageModel(nn.Module):
             dropout=config.rate("between") if config.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.adaptive:
+            self.decoder: nn.Module = nn.AdaptiveLogSoftmaxWithLoss(
+                config.hidden_size,
+                config.vocab_size,
+                list(config.adaptive_cutoffs),
+                div_value=config.adaptive_div_value,
+                head_bias=True,
+            )
+        else:
+            self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
         # The layer-by-layer path is needed only for masks nn.LSTM cannot apply (locked, DropConnect).
@@ -165,8 +208,32 @@ class LSTMLanguageModel(nn.Module):
         return self._dropout(out, self.config.rate("output")), state
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Next-token logits (B, T, V) of a full-softmax model; with an adaptive softmax, its log-probabilities."""
         out, state = self.features(ids, state)
+        if self.config.adaptive:
+            return self.log_probs(out.reshape(-1, out.shape[-1])).view(*out.shape[:2], -1), state
         return self.decoder(out), state  # (B, T, V)
+
+    def log_probs(self, features: Tensor) -> Tensor:
+        """Every word's float32 log-probability (N, V) from last-layer features (N, H); each row sums to 1.
+
+        The one path from features to a distribution, for every decoder: scoring, next-word and evaluation
+        use it, so an adaptive-softmax model is served exactly like a full-softmax one.
+        """
+        if self.config.adaptive:
+            return self.decoder.log_prob(features.float())
+        return torch.log_softmax(self.decoder(features), dim=-1, dtype=torch.float32)
+
+    def loss(self, features: Tensor, targets: Tensor) -> Tensor:
+        """Mean negative log-likelihood (nats per token) of `targets` (N,) given features (N, H), in float32.
+
+        The full softmax takes its log-softmax in float32 whatever the features' dtype; the adaptive softmax
+        computes only the head and the clusters the targets fall in (its point: no (N, V) matrix in training).
+        """
+        if self.config.adaptive:
+            with torch.autocast(features.device.type, enabled=False):
+                return self.decoder(features.float(), targets).loss
+        return F.nll_loss(self.log_probs(features), targets)
 
 
 def resolve_device(name: str) -> torch.device:

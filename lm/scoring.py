@@ -92,10 +92,11 @@ def score_tokens(
         counts = [max(0, min(t_pred, len(sequences[order[row]]) - 1 - start)) for row in range(b)]
         positions = torch.arange(t_pred)[None, :] < torch.tensor(counts)[:, None]  # (b, t')
         positions = positions.to(feats.device)
-        logits = model.decoder(feats[:, :t_pred][positions])  # (n, V), row by row
+        logdist = model.log_probs(feats[:, :t_pred][positions])  # (n, V) float32, row by row
         target = targets[positions][:, None]  # (n, 1)
-        lp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, target).squeeze(-1).cpu()
-        rk = ((logits > logits.gather(-1, target)).sum(-1) + 1).cpu() if ranks else None
+        lp_target = logdist.gather(-1, target)  # (n, 1)
+        lp = lp_target.squeeze(-1).cpu()
+        rk = ((logdist > lp_target).sum(-1) + 1).cpu() if ranks else None
         offset = 0
         for row, n in enumerate(counts):
             if n > 0:
@@ -172,7 +173,7 @@ def final_states(
 @torch.inference_mode()
 def next_from_states(model: LSTMLanguageModel, h: Tensor) -> Tensor:
     """The float32 log-distribution (B, V) of the next token, from the LSTM state h (L, B, H)."""
-    return torch.log_softmax(model.decoder(h[-1]), dim=-1, dtype=torch.float32).cpu()
+    return model.log_probs(h[-1]).cpu()
 
 
 @torch.inference_mode()

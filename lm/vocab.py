@@ -35,10 +35,25 @@ class Vocabulary:
     @classmethod
     def build(cls, words: Iterable[str]) -> Vocabulary:
         """Vocabulary of a corpus, ids by descending frequency then alphabetically (the TF tutorial's order)."""
-        counts = Counter(words)
-        counts.setdefault(UNK, 0)
-        counts.setdefault(EOS, 0)
-        return cls(sorted(counts, key=lambda w: (-counts[w], w)))
+        return cls.from_counts(Counter(words))
+
+    @classmethod
+    def from_counts(cls, counts: Counter[str], max_size: int | None = None, min_count: int = 1) -> Vocabulary:
+        """The words of `counts` seen at least `min_count` times, at most the `max_size` most frequent
+        (`<unk>` and `<eos>` always in, and counted in `max_size`); ids by descending frequency, then
+        alphabetically. With neither limit: every word, as `build`."""
+        if max_size is not None and max_size < 2:
+            raise VocabularyError(f"a vocabulary needs at least 2 entries (<unk> and <eos>), not {max_size}")
+        if min_count < 1:
+            raise VocabularyError(f"min_count must be at least 1, not {min_count}")
+
+        def order(w: str) -> tuple[int, str]:
+            return -counts.get(w, 0), w
+
+        words = sorted((w for w, n in counts.items() if n >= min_count and w not in (UNK, EOS)), key=order)
+        if max_size is not None:
+            words = words[: max_size - 2]
+        return cls(sorted([*words, UNK, EOS], key=order))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

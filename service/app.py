@@ -109,7 +109,7 @@ async def lifespan(app: FastAPI):
     await asyncio.to_thread(runner.warmup)
     engine = BatchingEngine(runner.run, metrics, settings)
     await engine.start()
-    state.ckpt, state.runner, state.engine, state.encoder = ckpt, runner, engine, SentenceEncoder(ckpt.vocab)
+    state.ckpt, state.runner, state.engine, state.encoder = ckpt, runner, engine, SentenceEncoder.for_checkpoint(ckpt)
     metrics.model_info.labels(ckpt.name, str(runner.device), runner.dtype_name).set(1)
     state.ready = True
     _drain_on_sigterm(app, settings.drain_s)
@@ -162,6 +162,7 @@ async def model_info(state: Ready) -> dict:
         "device": str(runner.device),
         "dtype": runner.dtype_name,
         "vocab_size": len(ckpt.vocab),
+        "tokenizer": state.encoder.tokenizer.spec(),
         "metrics": {k: ckpt.metrics.get(k) for k in ("valid_ppl", "test_ppl", "train_ppl", "best_epoch")},
         "training": {k: ckpt.training.get(k) for k in ("name", "max_epochs_run", "device", "seed")},
     }

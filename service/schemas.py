@@ -21,7 +21,9 @@ class ScoreRequest(_Request):
     sentences: list[str] | None = Field(
         None, max_length=HARD_MAX_ITEMS, description="several sentences, each scored on its own (one result each)"
     )
-    normalize: bool = Field(True, description="apply PTB normalisation (lower-case, numbers -> N, ...)")
+    normalize: bool = Field(
+        True, description="apply the model's tokenizer (PTB normalisation for a PTB model); false: split on whitespace"
+    )
     add_eos: bool = Field(True, description="also predict the end of the sentence (<eos>)")
     per_token: bool = Field(False, description="return each token's log-probability")
 
@@ -50,7 +52,7 @@ class NextWordRequest(_Request):
     candidates: list[str] | None = Field(
         None, max_length=HARD_MAX_ITEMS, description="words whose probability and rank are wanted"
     )
-    normalize: bool = Field(True, description="apply PTB normalisation to the prefix and the candidates")
+    normalize: bool = Field(True, description="apply the model's tokenizer to the prefix and the candidates")
 
     model_config = ConfigDict(
         strict=True,

@@ -10,7 +10,8 @@ import torch
 
 from lm.checkpoint import CheckpointError, load_checkpoint
 from lm.model import resolve_device
-from lm.normalize import PTBNormalizer, whitespace_tokens
+from lm.normalize import whitespace_tokens
+from lm.tokenizers import TOKENIZERS, TokenizerError, tokenizer_for
 from lm.vocab import VocabularyError
 from trainer.configs import CONFIGS, get_config
 from trainer.data import SPLITS, default_data_dir
@@ -28,7 +29,36 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a configuration and keep its best-by-validation checkpoint")
     t.add_argument("--config", required=True, help=f"one of: {', '.join(CONFIGS)}")
-    t.add_argument("--data-dir", type=Path, default=default_data_dir(), help="PTB directory ($PTB_DATA_DIR)")
+    t.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="directory of {ptb.,}{train,valid,test}.txt[.gz] (default: $PTB_DATA_DIR, or data/ptb)",
+    )
+    t.add_argument("--train", type=Path, default=None, help="training text, one sentence per line (.gz too)")
+    t.add_argument("--valid", type=Path, default=None, help="validation text (picks the best epoch)")
+    t.add_argument("--test", type=Path, default=None, help="test text (optional)")
+    t.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        default=None,
+        help="how lines become tokens, recorded in the checkpoint (default: ptb for ptb.*.txt files, else whitespace)",
+    )
+    t.add_argument("--lowercase", action="store_true", help="with --tokenizer words: lower-case the text")
+    t.add_argument(
+        "--vocab-size", type=int, default=None, help="keep the N most frequent words (<unk>, <eos> included)"
+    )
+    t.add_argument("--min-count", type=int, default=1, help="keep the words seen at least K times in training")
+    t.add_argument("--batch-size", type=int, default=None, help="rows per step (per process under torchrun)")
+    t.add_argument(
+        "--adaptive-softmax", action="store_true", help="adaptive-softmax decoder (large vocabularies; no tying)"
+    )
+    t.add_argument(
+        "--cutoffs",
+        type=_cutoffs,
+        default=None,
+        help="with --adaptive-softmax: cluster boundaries, e.g. 2000,10000 (default: 2000,10000,50000 below V)",
+    )
     t.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -55,15 +85,34 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--per-sentence", action="store_true", help="with --text: one line per sentence")
     e.add_argument("--format", choices=["text", "jsonl"], default="text", help="with --text: output format")
     e.add_argument(
-        "--normalize", action="store_true", help="with --text: PTB-normalise raw text (default: split on spaces)"
+        "--normalize",
+        action="store_true",
+        help="with --text: the model's own tokenizer on raw text (PTB's normaliser for a PTB model; "
+        "default: split on spaces)",
     )
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    sc = sub.add_parser("sample-corpus", help="write a small real corpus (Python's own documentation) to train on")
+    sc.add_argument("--out", type=Path, required=True, help="directory for train.txt, valid.txt, test.txt")
     pl = sub.add_parser("plot", help="one plot of the learning curves of several trained checkpoints")
     pl.add_argument("models", type=Path, nargs="+", help="checkpoint directories (each with train_log.jsonl)")
     pl.add_argument("--out", type=Path, required=True, help="PNG to write")
     return p
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cutoffs are comma-separated integers, not {text!r}") from None
+
+
+def _sample_corpus(args: argparse.Namespace) -> None:
+    from trainer.sample_corpus import write_sample_corpus
+
+    for path in write_sample_corpus(args.out).values():
+        print(path)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -92,11 +141,25 @@ def _download(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from trainer.train import RunOptions, train
 
-    config = get_config(args.config, bf16=args.bf16)
+    if args.lowercase and args.tokenizer != "words":
+        raise TrainerError("--lowercase goes with --tokenizer words")
+    if args.cutoffs is not None and not args.adaptive_softmax:
+        raise TrainerError("--cutoffs goes with --adaptive-softmax")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise TrainerError("--batch-size must be at least 1")
+    config = get_config(
+        args.config,
+        bf16=args.bf16,
+        batch_size=args.batch_size,
+        adaptive_softmax=args.adaptive_softmax or None,
+        cutoffs=args.cutoffs,
+    )
     if args.max_epochs is not None and args.max_epochs < 1:
         raise TrainerError("--max-epochs must be at least 1")
+    tokenizer = {"name": "words", "lowercase": args.lowercase} if args.tokenizer == "words" else args.tokenizer
+    has_files = args.train is not None and args.valid is not None
     opts = RunOptions(
-        data_dir=args.data_dir,
+        data_dir=args.data_dir if args.data_dir is not None or has_files else default_data_dir(),
         out=args.out,
         device=args.device,
         threads=args.threads,
@@ -107,13 +170,19 @@ def _train(args: argparse.Namespace) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=args.progress,
+        train_file=args.train,
+        valid_file=args.valid,
+        test_file=args.test,
+        tokenizer=tokenizer,
+        vocab_size=args.vocab_size,
+        min_count=args.min_count,
     )
     try:
         train(config, opts)
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: the current epoch is lost, finished epochs are kept in {args.out}; continue with:\n"
-            f"  python -m trainer train --config {args.config} --data-dir {args.data_dir} --out {args.out} --resume",
+            f"\ninterrupted: the current epoch is lost, finished epochs are kept in {args.out}; continue with "
+            "the same command and --resume",
             file=sys.stderr,
         )
         raise SystemExit(130) from None
@@ -131,7 +200,7 @@ def _eval(args: argparse.Namespace) -> None:
     ckpt = load_checkpoint(args.model)
     ckpt.model.to(device)
     if args.text is not None:
-        tokenize = PTBNormalizer(ckpt.vocab) if args.normalize else whitespace_tokens
+        tokenize = tokenizer_for(ckpt).tokenize if args.normalize else whitespace_tokens
         score_file(ckpt, args.text, args.per_sentence, args.format, tokenize=tokenize, progress=args.progress)
         return
     splits = SPLITS if args.split == "all" else [args.split or "test"]
@@ -146,8 +215,15 @@ def _eval(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"download": _download, "train": _train, "eval": _eval, "plot": _plot}[args.command](args)
-    except (TrainerError, CheckpointError, VocabularyError) as e:
+        commands = {
+            "download": _download,
+            "train": _train,
+            "eval": _eval,
+            "plot": _plot,
+            "sample-corpus": _sample_corpus,
+        }
+        commands[args.command](args)
+    except (TrainerError, CheckpointError, VocabularyError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from lm.model import ModelConfig
 from trainer.errors import TrainerError
+
+# Adaptive-softmax cluster boundaries when --adaptive-softmax gives none (Grave et al. 2017 use these on
+# WikiText-103's 267,735 words): the ones below the vocabulary size, or V // 2 for a small vocabulary.
+DEFAULT_CUTOFFS = (2000, 10000, 50000)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class TrainConfig:
     weight_drop: float = 0.0
     asgd_start: int | None = None  # average the SGD iterates from this epoch on
     bf16: bool = False  # bf16 autocast for the training forward pass (evaluation is always float32)
+    adaptive_softmax: bool = False  # an adaptive-softmax decoder (for vocabularies of 30,000 words and more)
+    cutoffs: tuple[int, ...] = ()  # its cluster boundaries; empty: DEFAULT_CUTOFFS below the vocabulary size
 
     @property
     def embedding_size(self) -> int:
@@ -41,6 +48,35 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def adaptive_cutoffs(self, vocab_size: int) -> tuple[int, ...]:
+        """The decoder's cluster boundaries for a vocabulary of `vocab_size` words; empty for a full softmax."""
+        if not self.adaptive_softmax:
+            return ()
+        if self.cutoffs:
+            return tuple(self.cutoffs)
+        return tuple(c for c in DEFAULT_CUTOFFS if c < vocab_size - 1) or (max(1, vocab_size // 2),)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The network this config trains, for a vocabulary of `vocab_size` words."""
+        try:
+            return ModelConfig(
+                vocab_size=vocab_size,
+                embed_size=self.embedding_size,
+                hidden_size=self.hidden_size,
+                num_layers=self.num_layers,
+                dropout=self.dropout,
+                tie_weights=self.tie_weights,
+                dropout_input=self.dropout_input,
+                dropout_between=self.dropout_between,
+                dropout_output=self.dropout_output,
+                locked_dropout=self.locked_dropout,
+                embed_dropout=self.embed_dropout,
+                weight_drop=self.weight_drop,
+                adaptive_cutoffs=self.adaptive_cutoffs(vocab_size),
+            )
+        except ValueError as e:
+            raise TrainerError(f"config {self.name}: {e}") from None
 
 
 CONFIGS: dict[str, TrainConfig] = {

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from lm.checkpoint import Checkpoint
 from lm.encoding import Encoded, SentenceEncoder
 from lm.scoring import LN10, perplexity, stream_nll, token_logprobs
-from trainer.data import encode_split, split_path
+from lm.tokenizers import tokenizer_for
+from trainer.data import encode_file, split_path
 from trainer.errors import TrainerError
 
 
@@ -31,10 +32,19 @@ class SplitResult:
 
 
 def evaluate_split(ckpt: Checkpoint, data_dir: str | Path, split: str) -> SplitResult:
-    """Perplexity of a split as one stream, state carried from the first token to the last (docs/architecture.md)."""
-    ids = encode_split(split_path(data_dir, split), ckpt.vocab)
+    """Perplexity of a split as one stream, state carried from the first token to the last (docs/architecture.md).
+
+    The split is read as the checkpoint's training text was: its tokenizer, and its vocabulary closed (an
+    unknown word is an error) or open (an unknown word is `<unk>`) as in training."""
+    ids = encode_file(split_path(data_dir, split), ckpt.vocab, tokenizer_for(ckpt), closed_vocabulary(ckpt)).ids
     nll, n = stream_nll(ckpt.model, ids.to(ckpt.model.embedding.weight.device))
     return SplitResult(split, perplexity(-nll, n), nll, n)
+
+
+def closed_vocabulary(ckpt: Checkpoint) -> bool:
+    """Whether the vocabulary is every training word (PTB's way: an unknown word in a split is an error),
+    rather than limited by --vocab-size / --min-count (unknown words are `<unk>`, as in training)."""
+    return ckpt.training.get("vocab_size_limit") is None and ckpt.training.get("min_count", 1) <= 1
 
 
 @dataclass
@@ -62,7 +72,7 @@ def score_lines(
 ) -> Iterator[SentenceScore]:
     """Score each non-empty line as a sentence (`lm.encoding`: `<eos>`-primed, every word and the final `<eos>`
     predicted)."""
-    encoder = SentenceEncoder(ckpt.vocab)
+    encoder = SentenceEncoder.for_checkpoint(ckpt)
     pending: list[tuple[str, Encoded]] = []
 
     def flush() -> Iterator[SentenceScore]:

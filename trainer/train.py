@@ -7,6 +7,9 @@ Files written into the output directory:
     train_log.jsonl                             one JSON line per epoch
     learning_curve.png                          train/valid perplexity per epoch
     .resume/                                    the last finished epoch, for --resume; removed at the end
+
+Any corpus (trainer.data): `--train/--valid/--test` files or a `--data-dir`, a tokenizer and vocabulary
+options; under torchrun, data-parallel across processes (trainer.distributed), rank 0 writing the files.
 """
 
 from __future__ import annotations
@@ -23,18 +26,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lm.checkpoint import load_checkpoint, save_checkpoint, sha256_file, update_metrics
-from lm.model import LSTMLanguageModel, ModelConfig, State, detach_state, native_bf16
+from lm.model import LSTMLanguageModel, State, detach_state, native_bf16
 from lm.model import resolve_device as lm_resolve_device
 from lm.scoring import stream_nll
+from lm.tokenizers import Tokenizer, TokenizerError, make_tokenizer
 from trainer.averaging import ParameterAverager
 from trainer.configs import TrainConfig, lr_at
-from trainer.data import SPLITS, batchify, load_corpus, num_windows, split_path, windows
+from trainer.data import Corpus, DataFiles, batchify, load_corpus, num_windows, shard, windows
+from trainer.distributed import Ranks, barrier, close, init_process_group, ranks_from_env
 from trainer.errors import TrainerError
 from trainer.plot import plot_learning_curves
 
@@ -48,7 +53,7 @@ DRY_RUN_EVAL_TOKENS = 2000
 class RunOptions:
     """How to run a config: where, on what, and how much of it."""
 
-    data_dir: Path
+    data_dir: Path | None
     out: Path
     device: str = "auto"
     threads: int | None = None
@@ -60,6 +65,25 @@ class RunOptions:
     overwrite: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
     log: callable = print  # type: ignore[valid-type]
+    # The corpus (trainer.data): files overriding data_dir's, the tokenizer, the vocabulary's limits.
+    train_file: Path | None = None
+    valid_file: Path | None = None
+    test_file: Path | None = None
+    tokenizer: dict | str | None = None  # a spec (lm.tokenizers); None: ptb for ptb.*.txt files, else whitespace
+    vocab_size: int | None = None  # keep the N most frequent words (<unk> and <eos> included)
+    min_count: int = 1  # keep the words seen at least K times
+
+    def files(self) -> DataFiles:
+        return DataFiles.resolve(self.data_dir, self.train_file, self.valid_file, self.test_file)
+
+    def make_tokenizer(self, files: DataFiles) -> Tokenizer:
+        spec = self.tokenizer
+        if spec is None:
+            spec = "ptb" if files.train.name.startswith("ptb.") else "whitespace"
+        try:
+            return make_tokenizer(spec)
+        except TokenizerError as e:
+            raise TrainerError(str(e)) from None
 
 
 @dataclass
@@ -166,131 +190,213 @@ def make_optimizer(model: LSTMLanguageModel, config: TrainConfig) -> torch.optim
     return torch.optim.SGD(model.parameters(), lr=config.lr)
 
 
+class TrainingObjective(nn.Module):
+    """The model's mean NLL per token on a window, as one module: what DistributedDataParallel wraps (its
+    gradient hooks fire on what a forward call computed)."""
+
+    def __init__(self, model: LSTMLanguageModel, bf16: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.bf16 = bf16
+
+    def forward(self, x: Tensor, y: Tensor, hidden: State) -> tuple[Tensor, State]:
+        """x, y (B, T) int64: returns the mean NLL of y (float32 scalar) and the state after the window."""
+        # bf16 autocast where the device runs it natively; elsewhere float32 (train() says so once).
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16 and native_bf16(x.device.type)):
+            features, hidden = self.model.features(x, hidden)  # (B, T, H)
+            # The log-softmax (or the adaptive softmax) in float32 whatever the features' dtype.
+            loss = self.model.loss(features.reshape(-1, features.shape[-1]), y.reshape(-1))
+        return loss, (hidden[0].float(), hidden[1].float())
+
+
 def train_step(
-    model: LSTMLanguageModel, optimizer: torch.optim.Optimizer, config: TrainConfig, x: Tensor, y: Tensor, hidden: State
+    objective: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, x: Tensor, y: Tensor, hidden: State
 ) -> tuple[Tensor, State]:
     """One step of truncated BPTT on a window (x, y), each (B, T): returns the mean NLL per token (a detached
-    scalar) and the state to carry into the next window. The trainer's step, and the one the benchmark times."""
+    scalar) and the state to carry into the next window. `objective` is a TrainingObjective, or one wrapped
+    in DistributedDataParallel. The trainer's step, and the one the benchmark times."""
     hidden = detach_state(hidden)  # truncated BPTT: keep the values, drop the history
-    # bf16 autocast where the device runs it natively; elsewhere float32 (train() says so once).
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.bf16 and native_bf16(x.device.type)):
-        logits, hidden = model(x, hidden)  # (B, T, V)
-    hidden = (hidden[0].float(), hidden[1].float())
-    # Mean NLL per token, the log-softmax in float32 whatever the logits' dtype (read, not copied, from bf16).
-    loss = F.nll_loss(F.log_softmax(logits.reshape(-1, logits.shape[-1]), -1, dtype=torch.float32), y.reshape(-1))
+    loss, hidden = objective(x.long(), y.long(), hidden)
     optimizer.zero_grad(set_to_none=True)
     # The tutorial's cost sums over time steps and averages over the batch: scale the per-token mean by
     # num_steps so that lr=1.0 and the clipping norm mean what they mean in the paper.
-    (loss * config.num_steps).backward()
-    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    (loss * config.num_steps).backward()  # under DDP: gradients averaged over the ranks here
+    nn.utils.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
     optimizer.step()
     return loss.detach(), hidden
+
+
+@dataclass
+class EpochResult:
+    train_ppl: float
+    tokens: int
+    seconds: float
+
+
+def train_epoch(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    batched: Tensor,
+    steps: int,
+    averager: ParameterAverager | None,
+    desc: str,
+    show_bar: bool | None,
+) -> EpochResult:
+    """One pass over this rank's batched stream (B, N): `steps` windows of truncated BPTT, the state carried
+    from window to window, the iterates averaged if `averager` is given. The perplexity is this rank's."""
+    model: LSTMLanguageModel = (
+        objective.module.model if isinstance(objective, DistributedDataParallel) else objective.model
+    )
+    objective.train()
+    hidden = model.initial_state(config.batch_size, batched.device)
+    total_nll, total_tokens = 0.0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        windows(batched, config.num_steps),
+        total=steps,
+        desc=desc,
+        unit="win",
+        disable=(not show_bar) if show_bar is not None else None,
+        leave=False,
+    )
+    for step, (x, y) in enumerate(bar):
+        if step >= steps:
+            break
+        loss, hidden = train_step(objective, optimizer, config, x, y, hidden)
+        if averager is not None:
+            averager.update()
+        total_nll += loss.item() * y.numel()
+        total_tokens += y.numel()
+        if step % 20 == 0:
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(ppl=f"{math.exp(total_nll / total_tokens):.1f}", tok_s=f"{total_tokens / elapsed:,.0f}")
+    bar.close()
+    return EpochResult(math.exp(total_nll / total_tokens), total_tokens, time.perf_counter() - t0)
+
+
+def _read_corpus(opts: RunOptions) -> tuple[Corpus, DataFiles, Tokenizer]:
+    if opts.vocab_size is not None and opts.vocab_size < 2:
+        raise TrainerError(f"--vocab-size must be at least 2 (<unk> and <eos>), not {opts.vocab_size}")
+    if opts.min_count < 1:
+        raise TrainerError(f"--min-count must be at least 1, not {opts.min_count}")
+    files = opts.files()
+    tokenizer = opts.make_tokenizer(files)
+    corpus = load_corpus(files, tokenizer=tokenizer, vocab_size=opts.vocab_size, min_count=opts.min_count)
+    return corpus, files, tokenizer
 
 
 def train(config: TrainConfig, opts: RunOptions) -> dict:
     """Train `config`, keep the best-by-validation checkpoint in `opts.out`, evaluate it on test.
 
-    Returns the final metrics (also stored in the checkpoint's config.json).
+    Returns the final metrics (also stored in the checkpoint's config.json); under torchrun, rank 0 does and
+    the other ranks return {}.
     """
-    device = resolve_device(opts.device)
+    ranks = ranks_from_env()
+    device = init_process_group(ranks, resolve_device(opts.device))
+    try:
+        return _train(config, opts, ranks, device)
+    finally:
+        close(ranks)
+
+
+def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.device) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    corpus = load_corpus(opts.data_dir)
-    _prepare_out(opts, config)
+    corpus, files, tokenizer = _read_corpus(opts)
+    if ranks.is_main:
+        _prepare_out(opts, config)
+    barrier(ranks)  # the other ranks read .resume/ only once rank 0 has checked it
     max_epochs = opts.max_epochs or config.max_epochs
     if opts.dry_run:
         max_epochs = 1
     eval_limit = DRY_RUN_EVAL_TOKENS if opts.dry_run else None
 
     torch.manual_seed(opts.seed)
-    model_config = ModelConfig(
-        vocab_size=len(corpus.vocab),
-        embed_size=config.embedding_size,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        dropout=config.dropout,
-        tie_weights=config.tie_weights,
-        dropout_input=config.dropout_input,
-        dropout_between=config.dropout_between,
-        dropout_output=config.dropout_output,
-        locked_dropout=config.locked_dropout,
-        embed_dropout=config.embed_dropout,
-        weight_drop=config.weight_drop,
-    )
-    model = LSTMLanguageModel(model_config)
+    model = LSTMLanguageModel(config.model_config(len(corpus.vocab)))
     model.init_weights(config.init_scale)
     model.to(device)
     averager = ParameterAverager(model) if config.asgd_start is not None else None
     state = _load_resume(opts.out, model, averager) if opts.resume else ResumeState()
     optimizer = make_optimizer(model, config)
+    objective: nn.Module = TrainingObjective(model, config.bf16)
+    if ranks.distributed:
+        objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+        torch.manual_seed(opts.seed + 1_000_003 * ranks.rank + state.epoch)  # each rank its own dropout masks
 
     train_ids = corpus.train[: opts.train_tokens] if opts.train_tokens else corpus.train
-    batched = batchify(train_ids, config.batch_size).to(device)
+    rank_ids = train_ids
+    if ranks.distributed:  # this rank's contiguous share: rows r*B .. r*B+B-1 of the combined batch
+        rank_ids = shard(train_ids, config.batch_size, ranks.rank, ranks.world_size)
+    batched = batchify(rank_ids, config.batch_size).to(device)
     steps = 1 if opts.dry_run else num_windows(batched, config.num_steps)
     if steps < 1:
-        raise TrainerError(f"{train_ids.numel()} training tokens are too few for one window of this config")
+        raise TrainerError(f"{rank_ids.numel()} training tokens are too few for one window of this config")
 
     bf16 = config.bf16 and native_bf16(device.type)
     if config.bf16 and not bf16:
         print(f"warning: bf16 asked for, but this {device.type} has no native bf16: float32 instead", file=sys.stderr)
+    unk = corpus.unk_tokens()
     training_record = {
         **config.to_dict(),
         "bf16_applied": bf16,
         "seed": opts.seed,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "world_size": ranks.world_size,
         "max_epochs_run": max_epochs,
         "dry_run": opts.dry_run,
         "train_tokens": int(train_ids.numel()),
-        "data_sha256": {s: sha256_file(split_path(opts.data_dir, s)) for s in SPLITS},
+        "data_files": {s: str(p) for s, p in files.items()},
+        "data_sha256": {s: sha256_file(p) for s, p in files.items()},
+        "vocab_size_limit": opts.vocab_size,
+        "min_count": opts.min_count,
+        "unk_tokens": unk,
+        "oov_tokens": corpus.oov,
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
     log_path = opts.out / LOG_FILE
-    show_bar = opts.progress if opts.progress is not None else None  # tqdm: None = only on a terminal
+    show_bar = (opts.progress if opts.progress is not None else None) if ranks.is_main else False
+    if ranks.is_main:
+        streams = {"train": corpus.train, "valid": corpus.valid, "test": corpus.test}
+        opts.log(
+            f"vocabulary {len(corpus.vocab):,} words ({tokenizer.name} tokenizer); <unk> tokens: "
+            + ", ".join(f"{s} {n:,} of {streams[s].numel():,}" for s, n in unk.items())
+        )
 
     for epoch in range(state.epoch + 1, max_epochs + 1):
         lr = lr_at(epoch, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
         averaging = averager is not None and epoch >= config.asgd_start
-        hidden = model.initial_state(config.batch_size, device)
-        total_nll, total_tokens = 0.0, 0
         t0 = time.perf_counter()
-        bar = tqdm(
-            windows(batched, config.num_steps),
-            total=steps,
-            desc=f"epoch {epoch}/{max_epochs}",
-            unit="win",
-            disable=(not show_bar) if show_bar is not None else None,
-            leave=False,
+        result = train_epoch(
+            objective,
+            optimizer,
+            config,
+            batched,
+            steps,
+            averager if averaging else None,
+            f"epoch {epoch}/{max_epochs}",
+            show_bar,
         )
-        for step, (x, y) in enumerate(bar):
-            if step >= steps:
-                break
-            loss, hidden = train_step(model, optimizer, config, x, y, hidden)
-            if averaging:
-                averager.update()
-            total_nll += loss.item() * y.numel()
-            total_tokens += y.numel()
-            if step % 20 == 0:
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(ppl=f"{math.exp(total_nll / total_tokens):.1f}", tok_s=f"{total_tokens / elapsed:,.0f}")
-        bar.close()
-        train_time = time.perf_counter() - t0
-        train_ppl = math.exp(total_nll / total_tokens)
+        if not ranks.is_main:
+            state.epoch = epoch
+            barrier(ranks)  # rank 0 validates and writes
+            continue
         averaged = averager.swapped() if averaging else contextlib.nullcontext()
         with averaged:  # validate (and checkpoint) the averaged parameters once averaging has begun
             valid_ppl, _ = evaluate_stream(model, corpus.valid.to(device), eval_limit)
         epoch_time = time.perf_counter() - t0
         state.wall_time_s += epoch_time
+        tokens_per_s = result.tokens * ranks.world_size / result.seconds
         record = {
             "epoch": epoch,
             "lr": lr,
-            "train_ppl": train_ppl,
+            "train_ppl": result.train_ppl,
             "valid_ppl": valid_ppl,
-            "train_tokens_per_s": total_tokens / train_time,
+            "train_tokens_per_s": tokens_per_s,
             "epoch_time_s": epoch_time,
             "averaged": averaging,
         }
@@ -304,7 +410,8 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
                     model,
                     corpus.vocab,
                     training={**training_record, "epochs_completed": epoch, "best_epoch": epoch},
-                    metrics={"train_ppl": train_ppl, "valid_ppl": valid_ppl, "best_epoch": epoch},
+                    metrics={"train_ppl": result.train_ppl, "valid_ppl": valid_ppl, "best_epoch": epoch},
+                    tokenizer=tokenizer.spec(),
                 )
         state.epoch = epoch
         _save_resume(opts.out, model, state, averager)
@@ -312,15 +419,24 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
             f.write(json.dumps(record) + "\n")
         plot_learning_curves({config.name: state.history}, opts.out / CURVE_FILE)
         opts.log(
-            f"epoch {epoch:2d}  lr {lr:.4g}  train ppl {train_ppl:8.2f}  valid ppl {valid_ppl:8.2f}"
-            f"  {total_tokens / train_time:,.0f} tok/s  {epoch_time:.0f}s{'  *best' if improved else ''}"
+            f"epoch {epoch:2d}  lr {lr:.4g}  train ppl {result.train_ppl:8.2f}  valid ppl {valid_ppl:8.2f}"
+            f"  {tokens_per_s:,.0f} tok/s  {epoch_time:.0f}s{'  *best' if improved else ''}"
         )
+        barrier(ranks)
 
-    # Evaluate what was saved, read back from disk: the numbers describe the committed files exactly.
+    if not ranks.is_main:
+        return {}
+    return _final_metrics(opts, corpus, state, device, eval_limit)
+
+
+def _final_metrics(opts: RunOptions, corpus: Corpus, state: ResumeState, device: torch.device, eval_limit) -> dict:
+    """Evaluate what was saved, read back from disk: the numbers describe the committed files exactly."""
     best = load_checkpoint(opts.out)
     best.model.to(device)
     valid_ppl, valid_n = evaluate_stream(best.model, corpus.valid.to(device), eval_limit)
-    test_ppl, test_n = evaluate_stream(best.model, corpus.test.to(device), eval_limit)
+    test_ppl, test_n = (
+        evaluate_stream(best.model, corpus.test.to(device), eval_limit) if corpus.test is not None else (None, 0)
+    )
     best_record = state.history[state.best_epoch - 1] if state.best_epoch else {}
     metrics = {
         "train_ppl": best_record.get("train_ppl"),
@@ -334,7 +450,6 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
     }
     update_metrics(opts.out, metrics)
     shutil.rmtree(opts.out / RESUME_DIR, ignore_errors=True)
-    opts.log(
-        f"best epoch {state.best_epoch}: valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f} ({test_n:,} predictions)"
-    )
+    test_part = f"test ppl {test_ppl:.2f} ({test_n:,} predictions)" if test_ppl is not None else "no test file"
+    opts.log(f"best epoch {state.best_epoch}: valid ppl {valid_ppl:.2f}, {test_part}")
     return metrics

@@ -245,11 +245,16 @@ async function loadModelCard() {
     const m = await r.json();
     if (!r.ok) throw new Error(m.error ? m.error.message : `HTTP ${r.status}`);
     const c = m.config;
+    const adaptive = c.adaptive_cutoffs && c.adaptive_cutoffs.length ? ", adaptive softmax" : "";
+    const tok = m.tokenizer || { name: "ptb" };
+    const tokName = `${tok.name}${tok.lowercase ? ", lower-cased" : ""}`;
+    if (tok.name !== "ptb") $("normalize-label").textContent = `the model's tokenizer (${tokName})`;
     const rows = [
       ["name", m.name],
-      ["network", `${c.num_layers} × LSTM ${c.hidden_size}${c.tie_weights ? ", tied" : ""}`],
+      ["network", `${c.num_layers} × LSTM ${c.hidden_size}${c.tie_weights ? ", tied" : ""}${adaptive}`],
       ["parameters", m.parameters.toLocaleString("en-US")],
       ["vocabulary", `${m.vocab_size.toLocaleString("en-US")} words`],
+      ["tokenizer", tokName],
       ["test perplexity", m.metrics.test_ppl ? fmt(m.metrics.test_ppl, 2) : "–"],
       ["running on", `${m.device}, ${m.dtype}`],
     ];

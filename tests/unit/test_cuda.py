@@ -22,7 +22,7 @@ from lm.scoring import final_states, next_token_logprobs, score_tokens, stream_n
 from service.app import create_app
 from service.settings import Settings
 from trainer.configs import get_config
-from trainer.train import RunOptions, make_optimizer, train, train_step
+from trainer.train import RunOptions, TrainingObjective, make_optimizer, train, train_step
 
 REQUIRED = os.environ.get("LM_REQUIRE_CUDA") == "1"
 pytestmark = [
@@ -77,7 +77,12 @@ def test_one_training_step_on_the_gpu(make_model, bf16: bool) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     x = torch.randint(0, 12, (config.batch_size, config.num_steps + 1), device=CUDA)
     loss, hidden = train_step(
-        model, make_optimizer(model, config), config, x[:, :-1], x[:, 1:], model.initial_state(config.batch_size)
+        TrainingObjective(model, config.bf16),
+        make_optimizer(model, config),
+        config,
+        x[:, :-1],
+        x[:, 1:],
+        model.initial_state(config.batch_size),
     )
     assert torch.isfinite(loss) and loss.device.type == "cuda"
     assert hidden[0].dtype == torch.float32 and hidden[0].device.type == "cuda"

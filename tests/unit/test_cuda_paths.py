@@ -128,7 +128,14 @@ def test_train_step_autocasts_on_the_device_of_its_inputs(make_model, monkeypatc
     model = make_model().train()
     x = torch.randint(0, 12, (config.batch_size, config.num_steps))
     optimizer = train_module.make_optimizer(model, config)
-    loss, hidden = train_module.train_step(model, optimizer, config, x, x, model.initial_state(config.batch_size))
+    loss, hidden = train_module.train_step(
+        train_module.TrainingObjective(model, config.bf16),
+        optimizer,
+        config,
+        x,
+        x,
+        model.initial_state(config.batch_size),
+    )
     # Enabled where that device runs bf16 natively (lm.model.native_bf16); on other CPUs the step is float32.
     assert seen == [(x.device.type, torch.bfloat16, native_bf16(x.device.type))]
     assert torch.isfinite(loss) and hidden[0].shape == (2, config.batch_size, 8)

@@ -61,7 +61,8 @@ def test_files_follow_the_documented_format(tiny_checkpoint) -> None:
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
     meta = read_meta(path)
     config = tiny_checkpoint.model.config
-    assert meta["format"] == "lstm-lm/1" == FORMAT
+    assert meta["format"] == "lstm-lm/2" == FORMAT
+    assert meta["tokenizer"] == {"name": "ptb"}
     for key in ("vocab_size", "embed_size", "hidden_size", "num_layers", "tie_weights", "dropout"):
         assert meta[key] == getattr(config, key), key
     assert meta["weights_sha256"] == sha256_file(path / "model.safetensors")
@@ -230,7 +231,7 @@ def test_json_that_is_not_an_object_is_refused(tiny_checkpoint) -> None:
         load_checkpoint(tiny_checkpoint.path)
 
 
-@pytest.mark.parametrize("fmt", ["lstm-lm/2", None, "pytorch"])
+@pytest.mark.parametrize("fmt", ["lstm-lm/3", None, "pytorch"])
 def test_wrong_format_is_refused(tiny_checkpoint, fmt) -> None:
     meta = read_meta(tiny_checkpoint.path)
     if fmt is None:

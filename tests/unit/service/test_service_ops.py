@@ -64,6 +64,7 @@ def test_model_describes_the_checkpoint(client, service_ckpt) -> None:
     assert body["metrics"]["valid_ppl"] == config["metrics"]["valid_ppl"] == METRICS["valid_ppl"]
     assert body["metrics"]["test_ppl"] == config["metrics"]["test_ppl"] == METRICS["test_ppl"]
     assert body["training"]["seed"] == 1234
+    assert body["tokenizer"] == config["tokenizer"] == {"name": "ptb"}  # the tokenizer normalize: true applies
 
 
 def tensors_in(value) -> list[torch.Tensor]:

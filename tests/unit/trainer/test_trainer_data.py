@@ -137,7 +137,7 @@ def test_load_corpus_builds_the_vocabulary_from_train(tmp_path: Path) -> None:
     assert corpus.train.tolist() == [0, 3, 0, 1, 4, 0, 2, 1]
     assert corpus.valid.tolist() == [3, 4, 1]
     assert corpus.test.tolist() == [2, 0, 1]
-    assert corpus.train.dtype == torch.long
+    assert corpus.train.dtype == torch.int32  # 4 bytes a token
 
 
 def test_load_corpus_missing_directory(tmp_path: Path) -> None:

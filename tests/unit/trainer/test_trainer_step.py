@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lm.model import LSTMLanguageModel, State
 from trainer.configs import TrainConfig, get_config
-from trainer.train import make_optimizer, train_step
+from trainer.train import TrainingObjective, make_optimizer, train_step
 
 
 def window(seed: int, config: TrainConfig, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +49,7 @@ def test_two_steps_equal_the_tutorials_update(make_model, max_grad_norm: float) 
         x, y = window(seed, config, model.config.vocab_size)
         norm, ref_hidden = by_hand(reference, config, x, y, ref_hidden, config.lr)
         norms.append(norm)
-        _, hidden = train_step(model, optimizer, config, x, y, hidden)
+        _, hidden = train_step(TrainingObjective(model, config.bf16), optimizer, config, x, y, hidden)
         for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=f"{name} after step {seed}")
     if max_grad_norm < 1:

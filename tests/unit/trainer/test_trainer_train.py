@@ -21,7 +21,7 @@ from trainer.configs import get_config
 from trainer.data import load_corpus, read_words
 from trainer.errors import TrainerError
 from trainer.evaluate import evaluate_split
-from trainer.train import RunOptions, make_optimizer, resolve_device, train, train_step
+from trainer.train import RunOptions, TrainingObjective, make_optimizer, resolve_device, train, train_step
 
 SEED = 1234
 
@@ -323,5 +323,7 @@ def test_train_step_uses_bf16_only_where_native() -> None:
         model = LSTMLanguageModel(ModelConfig(50, config.embedding_size, config.hidden_size, config.num_layers))
         x = torch.randint(0, 50, (config.batch_size, config.num_steps))
         hidden = model.initial_state(config.batch_size, torch.device("cpu"))
-        losses[bf16], _ = train_step(model, make_optimizer(model, config), config, x, x.roll(-1, 1), hidden)
+        losses[bf16], _ = train_step(
+            TrainingObjective(model, config.bf16), make_optimizer(model, config), config, x, x.roll(-1, 1), hidden
+        )
     assert (losses[True] != losses[False]).item() is native_bf16("cpu")
