@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import dataclass
 
-LN10 = math.log(10)
+from lm.scoring import LN10, perplexity
 
 
 @dataclass
@@ -48,7 +48,7 @@ class PerplexityTally:
             "num_tokens": self.num_tokens,
             "logprob": self.logprob,
             "log10prob": self.logprob / LN10,
-            "perplexity": math.exp(-self.logprob / self.num_tokens) if self.num_tokens else math.nan,
+            "perplexity": perplexity(self.logprob, self.num_tokens) if self.num_tokens else math.nan,
         }
 
 
@@ -62,7 +62,7 @@ def sentence_row(text: str, num_tokens: int, words: int, oov: list[str], logprob
         "oov": oov,
         "logprob": logprob,
         "log10prob": logprob / LN10,
-        "perplexity": math.exp(-logprob / num_tokens),
+        "perplexity": perplexity(logprob, num_tokens),
     }
 
 

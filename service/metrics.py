@@ -1,4 +1,5 @@
-"""Prometheus metrics (DESIGN.md's names), one registry per app so that several apps can live in one process."""
+"""Prometheus metrics (the names docs/architecture.md lists), one registry per app so that several apps can live
+in one process."""
 
 from __future__ import annotations
 

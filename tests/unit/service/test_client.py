@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from service_helpers import TinyServiceCheckpoint
+from tiny_models import TinyCheckpoint
 
 from benchmarks.common import start_server, stop_server
 from lm.report import srilm_block
@@ -32,7 +32,7 @@ RAW = [
 
 
 @pytest.fixture(scope="module")
-def server(service_ckpt: TinyServiceCheckpoint) -> Iterator[str]:
+def server(service_ckpt: TinyCheckpoint) -> Iterator[str]:
     proc, base = start_server(["--model", str(service_ckpt.path)], env={"LMSERVE_THREADS": "1"})
     try:
         yield base
