@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     )
 
     # Access
-    api_key: SecretStr | None = Field(None, description="if set, /score, /next-word and /model need this bearer key")
+    api_key: SecretStr | None = Field(
+        None, description="if set, /score, /next-word, /model and the OpenAI routes need this bearer key"
+    )
     metrics_require_key: bool = Field(False, description="put /metrics behind the API key too")
 
     # Batching engine
