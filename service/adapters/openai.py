@@ -45,8 +45,12 @@ from service.openai_protocol import (
     top_alternatives,
 )
 from service.runner import ScoreJob, StepJob, StepResult
+from service.schemas import ErrorResponse
 
-router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    tags=["openai"],
+    responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "the request names another model"}},
+)
 PATHS = ("/v1/completions", "/v1/models", "/tokenizer_info", "/tokenize", "/detokenize")  # behind the API key
 MAX_STOP_STRINGS = 4
 
@@ -101,9 +105,12 @@ def check_completion(body: CompletionRequest, limits: Limits, prompts: Sequence[
     if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
         raise APIError(422, "invalid_request", f"stop: at most {MAX_STOP_STRINGS} strings, none of them empty")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    if max_tokens > limits.max_tokens:
+    if max_tokens > limits.max_new_tokens:
         raise limit_exceeded(
-            "max_tokens", f"max_tokens {max_tokens}; at most {limits.max_tokens}", max_tokens, limits.max_tokens
+            "max_new_tokens",
+            f"max_tokens {max_tokens}; at most {limits.max_new_tokens}",
+            max_tokens,
+            limits.max_new_tokens,
         )
     limits.check_count(len(prompts), "prompts")
     temperature = 1.0 if body.temperature is None else body.temperature
@@ -188,7 +195,14 @@ def choice(
                 results.append(TokenResult(token, None, None))
                 continue
             value = float(scores.logprobs[at])
-            top = top_alternatives(scores.top_logprobs[at].tolist(), scores.top_ids[at].tolist(), itos, token, value)
+            top_values, top_ids = (scores.top_logprobs, scores.top_ids) if k else (None, None)  # logprobs 0: none
+            top = top_alternatives(
+                top_values[at].tolist() if top_values is not None else [],
+                top_ids[at].tolist() if top_ids is not None else [],
+                itos,
+                token,
+                value,
+            )
             results.append(TokenResult(token, value, top))
     for j, (token_id, value) in enumerate(zip(stream.ids, stream.logprobs, strict=True)):
         token = itos[token_id]

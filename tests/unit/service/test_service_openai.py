@@ -148,7 +148,7 @@ def test_models_and_the_tokenizer_routes(client, service_ckpt) -> None:
         ({"prompt": "the", "model": "gpt-4"}, 404, "gpt-4"),
         ({"prompt": []}, 422, "prompts"),
         ({"prompt": "the", "n": 2}, 422, "n"),
-        ({"prompt": "the", "max_tokens": 5000}, 422, "max_tokens"),
+        ({"prompt": "the", "max_tokens": 257}, 422, "max_tokens"),
         ({"prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
         ({"max_tokens": 1}, 422, "prompt"),
     ],
@@ -177,3 +177,13 @@ def test_the_openai_routes_are_behind_the_api_key(serve) -> None:
             assert error["type"] == "authentication_error"
             ok = c.request(method, path, json=body, headers={"Authorization": "Bearer k3y"})
             assert ok.status_code == 200, ok.text
+
+
+def test_logprobs_zero_gives_each_token_alone(client) -> None:
+    lp = complete(client, prompt="<eos> the stock", max_tokens=1, echo=True, logprobs=0, temperature=0)["choices"][0]
+    tops = lp["logprobs"]["top_logprobs"]
+    assert tops[0] is None
+    for token, value, top in zip(
+        lp["logprobs"]["tokens"][1:], lp["logprobs"]["token_logprobs"][1:], tops[1:], strict=True
+    ):
+        assert top == {token: value}
