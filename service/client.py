@@ -63,6 +63,8 @@ class ScoringClient:
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 raise ClientError(f"{method} {path}: cannot reach {self.url} ({reason})") from None
+            except ValueError as e:  # a URL that is not one (http.client.InvalidURL), or an answer that is not JSON
+                raise ClientError(f"{method} {self.url}{path}: {e}") from None
         raise AssertionError("unreachable")
 
     def max_sentences(self) -> int:

@@ -92,3 +92,12 @@ def test_http_benchmark_drives_a_real_server() -> None:
     for row in rows:
         assert float(row[3].replace(",", "")) > 0  # requests/s
         assert row[-2:] == ["0", "0"]  # no 429, no errors
+
+
+def test_generation_benchmark_runs_in_process_and_over_http() -> None:
+    out = run("benchmarks.generation", "--streams", "1", "2", "--words", "3", "--repeats", "1")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert float(row[1].replace(",", "")) > 0 and float(row[2].replace(",", "")) > 0  # in process, over HTTP
+    assert "| streams | words 1-1 ms | words 3-3 ms | ratio |" in out

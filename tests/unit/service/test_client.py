@@ -127,6 +127,10 @@ def test_standard_input_and_errors(capsys, monkeypatch, server, tmp_path: Path) 
     assert "no sentences" in capsys.readouterr().err
     assert client_main([str(tmp_path / "missing.txt"), "--url", server]) == 2
     assert "missing.txt" in capsys.readouterr().err
+    for url in ("http://127.0.0.1:--port", "http://127.0.0.1:1"):  # not a URL; nobody listening
+        assert client_main([str(blank), "--url", url]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
     # A sentence over the server's max_chars: the server's own message, no traceback.
     long = tmp_path / "long.txt"
     long.write_text("word " * 5000 + "\n", encoding="utf-8")
