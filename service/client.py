@@ -13,6 +13,7 @@ Standard library only: it runs wherever Python does.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -63,7 +64,7 @@ class ScoringClient:
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 raise ClientError(f"{method} {path}: cannot reach {self.url} ({reason})") from None
-            except ValueError as e:  # a URL that is not one (http.client.InvalidURL), or an answer that is not JSON
+            except (ValueError, http.client.HTTPException) as e:  # not a URL (InvalidURL), not HTTP, not JSON
                 raise ClientError(f"{method} {self.url}{path}: {e}") from None
         raise AssertionError("unreachable")
 
