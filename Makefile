@@ -8,7 +8,7 @@ PORT ?= 8000
 PTB_DATA_DIR ?= ../shared/data/ptb
 export PTB_DATA_DIR
 
-.PHONY: install serve test unit integration e2e docker-test k8s-validate ray-test wheels lint format mutate train-small eval-small gpu-dry-run clean
+.PHONY: install serve test unit integration clients e2e docker-test k8s-validate ray-test wheels lint format mutate train-small eval-small gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -22,15 +22,20 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# The whole suite: unit tests, the curl-based integration tests against a locally started server, the
-# web page in a headless browser, and the Kubernetes manifests rendered and validated.
-test: unit integration e2e k8s-validate
+# The whole suite: unit tests, the curl-based integration tests against a locally started server, the clients
+# people already use (the OpenAI SDK, lm-eval) against a real server, the web page in a headless browser, and
+# the Kubernetes manifests rendered and validated.
+test: unit integration clients e2e k8s-validate
 
 unit: install
 	$(PY) -m pytest -q
 
 integration: install
 	PY=$(PY) tests/integration/local.sh $(MODEL)
+
+# The OpenAI SDK and lm-eval (offline, on task files the tests write) against `python -m service`.
+clients: install
+	$(PY) -m pytest -q tests/clients
 
 # Debian's Chromium, driven by Playwright; installed here when missing (as root, as on the build machines).
 e2e: install

@@ -61,10 +61,13 @@ def _chunks(
 
 @dataclass
 class TokenScores:
-    """Per predicted token: its natural-log probability and, if asked for, its rank (1 = most probable)."""
+    """Per predicted token: its natural-log probability and, if asked for, its rank (1 = most probable) and the
+    k most probable words there (`top_logprobs` read from the same log-softmax row as `logprobs`, bit for bit)."""
 
     logprobs: Tensor  # (n,) float32
     ranks: Tensor | None = None  # (n,) int64
+    top_logprobs: Tensor | None = None  # (n, k) float32, most probable first
+    top_ids: Tensor | None = None  # (n, k) int64
 
 
 @torch.inference_mode()
@@ -73,17 +76,20 @@ def score_tokens(
     sequences: Sequence[Sequence[int]],
     max_chunk_tokens: int = DEFAULT_MAX_CHUNK_TOKENS,
     ranks: bool = False,
+    top: int = 0,
 ) -> list[TokenScores]:
     """For each sequence s, the scores of s[t+1] given s[:t+1] for t = 0 .. len(s) - 2.
 
     Every sequence needs at least one token; the first token is context only (e.g. the priming `<eos>`).
-    The rank of a token is 1 + the number of words the model found strictly more probable there.
+    The rank of a token is 1 + the number of words the model found strictly more probable there; `top` > 0 adds
+    the `top` most probable words at each position.
     """
     if not sequences:
         return []
     if any(len(s) == 0 for s in sequences):
         raise ValueError("every sequence needs at least one token")
-    out: list[list[tuple[Tensor, Tensor | None]]] = [[] for _ in sequences]
+    out: list[list[tuple[Tensor, ...]]] = [[] for _ in sequences]
+    k = min(top, model.config.vocab_size)
     for start, ids, feats, order in _chunks(model, sequences, max_chunk_tokens):
         b, t = feats.shape[:2]
         targets = ids[:b, start + 1 : start + 1 + t]  # (b, t') with t' = t, or t - 1 at the very end
@@ -95,19 +101,23 @@ def score_tokens(
         logdist = model.log_probs(feats[:, :t_pred][positions])  # (n, V) float32, row by row
         target = targets[positions][:, None]  # (n, 1)
         lp_target = logdist.gather(-1, target)  # (n, 1)
-        lp = lp_target.squeeze(-1).cpu()
-        rk = ((logdist > lp_target).sum(-1) + 1).cpu() if ranks else None
+        columns = [lp_target.squeeze(-1).cpu()]
+        empty = torch.zeros(len(target), 0)
+        columns.append(((logdist > lp_target).sum(-1) + 1).cpu() if ranks else empty)
+        # The alternatives come from the same float32 row as the target's log-prob: equal values, bit for bit.
+        top_v, top_i = torch.topk(logdist, k, dim=-1) if k else (empty, empty.long())
+        columns += [top_v.cpu(), top_i.cpu()]
         offset = 0
         for row, n in enumerate(counts):
             if n > 0:
-                part = (lp[offset : offset + n], rk[offset : offset + n] if rk is not None else None)
-                out[order[row]].append(part)
+                out[order[row]].append(tuple(c[offset : offset + n] for c in columns))
                 offset += n
     results = []
     for parts in out:
-        lps = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0)
-        rks = (torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)) if ranks else None
-        results.append(TokenScores(lps, rks))
+        if not parts:  # a one-token sequence: nothing predicted
+            parts = [(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, k), torch.zeros(0, k).long())]
+        lps, rks, tvs, tis = (torch.cat(column) for column in zip(*parts, strict=True))
+        results.append(TokenScores(lps, rks if ranks else None, tvs if k else None, tis if k else None))
     return results
 
 

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from lm.checkpoint import load_checkpoint
 from lm.encoding import SentenceEncoder
-from service.adapters import native
+from service.adapters import native, openai
 from service.engine import BatchingEngine
 from service.errors import install_error_handlers, not_ready
 from service.http import Ready
@@ -41,7 +41,7 @@ REJECT_REASONS = {
     "limit_exceeded": "too_long",
     "unauthorized": "unauthorized",
 }
-ADAPTERS = (native,)  # the request adapters: each module's `router` is included
+ADAPTERS = (native, openai)  # the request adapters: each module's `router` is included
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: observe (metrics, request id, log) -> API key -> body size -> the app.
     app.add_middleware(BodyLimitMiddleware, limits=limits, metrics=metrics)
     if settings.api_key is not None:
-        protected = {"/score", "/next-word", "/model"} | ({"/metrics"} if settings.metrics_require_key else set())
+        protected = {"/score", "/next-word", "/model", *openai.PATHS}
+        protected |= {"/metrics"} if settings.metrics_require_key else set()
         app.add_middleware(
             AuthMiddleware, key=settings.api_key.get_secret_value(), protected=protected, metrics=metrics
         )

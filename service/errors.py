@@ -1,4 +1,5 @@
-"""One error type, one JSON envelope: `{"error": {"code", "message", "details"}}` for every non-2xx answer."""
+"""One error type, one JSON envelope: `{"error": {"code", "message", "details", "type", "param"}}` for every non-2xx
+answer."""
 
 from __future__ import annotations
 
@@ -67,11 +68,31 @@ def from_engine(exc: EngineError, retry_after_s: int) -> APIError:
     return APIError(500, "internal_error", "internal error; the details are in the server log")
 
 
+# OpenAI's error `type` for each status (the SDKs expose it as the exception's `type`).
+ERROR_TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's `type` of an error with this status: `invalid_request_error` for the other 4xx, `server_error`
+    for 5xx."""
+    return ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    """The envelope every non-2xx answer has."""
-    body = {"error": {"code": code, "message": message, "details": details}}
+    """The envelope every non-2xx answer has: the service's `code`, `message` and `details`, and OpenAI's `type`
+    and `param` (the request field at fault, where one is), so that OpenAI clients read it as their own."""
+    body = {"error": {"code": code, "message": message, "details": details, "type": error_type(status), "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -111,7 +132,8 @@ def install_error_handlers(
             where = first["loc"][-1] if first["loc"] else "?"
             return error_response(422, "invalid_json", f"the body is not valid JSON (error at character {where})")
         where = ".".join(p for p in first["loc"] if p != "body") or "body"
-        return error_response(422, "invalid_request", f"{where}: {first['msg']}", errors)
+        param = where if where != "body" else None
+        return error_response(422, "invalid_request", f"{where}: {first['msg']}", errors, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -29,6 +29,7 @@ class Limits:
         self.max_chars = settings.max_chars
         self.max_tokens = settings.max_tokens
         self.max_top_k = settings.max_top_k
+        self.max_new_tokens = settings.max_new_tokens
         self.max_candidates = settings.max_candidates
         self.max_body_bytes = settings.max_body_bytes
 
@@ -100,6 +101,10 @@ class Limits:
         _bound(nxt["prefixes"], maxItems=items, item_max_length=chars)
         _bound(nxt["top_k"], maximum=self.max_top_k)
         _bound(nxt["candidates"], maxItems=self.max_candidates, item_max_length=chars)
+        if "CompletionRequest" in models:  # the OpenAI adapter's
+            completion = models["CompletionRequest"]["properties"]
+            _bound(completion["max_tokens"], maximum=self.max_new_tokens)
+            _bound(completion["logprobs"], maximum=self.max_top_k)
         return schema
 
 

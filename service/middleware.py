@@ -15,7 +15,10 @@ from service.errors import error_response
 from service.limits import Limits
 from service.metrics import Metrics
 
-ENDPOINTS = {"/", "/score", "/next-word", "/healthz", "/readyz", "/metrics", "/model"}
+ENDPOINTS = {
+    "/", "/score", "/next-word", "/healthz", "/readyz", "/metrics", "/model",
+    "/v1/completions", "/v1/models", "/tokenizer_info", "/tokenize", "/detokenize",
+}  # fmt: skip
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
 

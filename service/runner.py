@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lm.checkpoint import Checkpoint
-from lm.model import resolve_device
+from lm.model import State, resolve_device
 from lm.scoring import TokenScores, final_states, next_from_states, score_tokens
 from service.metrics import Metrics
 from service.prefix_cache import PrefixStateCache, prefix_hashes
@@ -28,10 +28,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class ScoreJob:
-    """Score every token of `ids` after the first; result: TokenScores (ranks too if `ranks`)."""
+    """Score every token of `ids` after the first; result: TokenScores (ranks too if `ranks`, and the `top` most
+    probable words at each position if `top` > 0)."""
 
     ids: list[int]  # the priming <eos> first
     ranks: bool = False  # also each token's rank (costs one more pass over the logits)
+    top: int = 0  # also the `top` most probable words at each position (OpenAI's top_logprobs)
 
     @property
     def num_tokens(self) -> int:
@@ -49,8 +51,30 @@ class NextJob:
         return len(self.ids)
 
 
-RunnerJob = ScoreJob | NextJob
-RunnerResult = TokenScores | Tensor
+@dataclass(frozen=True, eq=False)
+class StepJob:
+    """Extend a stream by `ids`: from `state` (the stream's state so far), or, with no state, from the start
+    (the prefix cache consulted, as for a NextJob). Result: a StepResult. Generation is one StepJob per word,
+    `ids` the word just chosen and `state` the one its stream carries: one LSTM step, never the prefix again."""
+
+    ids: list[int]
+    state: State | None = None  # (h, c), each (L, H), on the runner's device
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, eq=False)
+class StepResult:
+    """The next token's float32 log-distribution (V,) after a StepJob, and the state after its ids."""
+
+    logdist: Tensor
+    state: State
+
+
+RunnerJob = ScoreJob | NextJob | StepJob
+RunnerResult = TokenScores | Tensor | StepResult
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -76,6 +100,7 @@ class ModelRunner:
         self.handlers: dict[type, Callable[[list], list[RunnerResult]]] = {
             ScoreJob: self._score,
             NextJob: self._next,
+            StepJob: self._step,
         }
 
     def run(self, jobs: Sequence[RunnerJob]) -> list[RunnerResult]:
@@ -108,7 +133,7 @@ class ModelRunner:
         for job, r in zip(jobs, results, strict=True):
             if r is None:
                 raise TypeError(f"the runner has no handler for {type(job).__name__}")
-            values = r.logprobs if isinstance(r, TokenScores) else r
+            values = r.logprobs if isinstance(r, TokenScores) else r.logdist if isinstance(r, StepResult) else r
             if not torch.isfinite(values).all():
                 raise NonFiniteOutputError("the model produced a non-finite log-probability")
             done.append(r)
@@ -116,12 +141,47 @@ class ModelRunner:
 
     def _score(self, jobs: list[ScoreJob]) -> list[TokenScores]:
         ranks = any(job.ranks for job in jobs)
-        scores = score_tokens(self.model, [job.ids for job in jobs], self.max_chunk_tokens, ranks=ranks)
-        return [sc if job.ranks else TokenScores(sc.logprobs) for job, sc in zip(jobs, scores, strict=True)]
+        top = max(job.top for job in jobs)
+        scores = score_tokens(self.model, [job.ids for job in jobs], self.max_chunk_tokens, ranks=ranks, top=top)
+        return [
+            TokenScores(
+                sc.logprobs,
+                sc.ranks if job.ranks else None,
+                sc.top_logprobs[:, : job.top] if job.top else None,
+                sc.top_ids[:, : job.top] if job.top else None,
+            )
+            for job, sc in zip(jobs, scores, strict=True)
+        ]
 
     def _next(self, jobs: list[NextJob]) -> list[Tensor]:
         """Next-token log-distributions; each prefix starts from the longest cached prefix's state."""
-        sequences = [job.ids for job in jobs]
+        h, _ = self._cached_states([job.ids for job in jobs])
+        return list(next_from_states(self.model, h))
+
+    def _step(self, jobs: list[StepJob]) -> list[StepResult]:
+        """Each stream one step further: from its carried state, or (no state) from the prefix cache."""
+        results: list[StepResult | None] = [None] * len(jobs)
+        fresh = [i for i, job in enumerate(jobs) if job.state is None]
+        carried = [i for i, job in enumerate(jobs) if job.state is not None]
+        if fresh:
+            states = self._cached_states([jobs[i].ids for i in fresh])
+            self._step_results(results, fresh, states)
+        if carried:
+            states = final_states(
+                self.model, [jobs[i].ids for i in carried], [jobs[i].state for i in carried], self.max_chunk_tokens
+            )
+            self._step_results(results, carried, states)
+        return results  # type: ignore[return-value]
+
+    def _step_results(self, results: list, idx: list[int], states: State) -> None:
+        h, c = states
+        dists = next_from_states(self.model, h)
+        for col, i in enumerate(idx):
+            results[i] = StepResult(dists[col], (h[:, col], c[:, col]))
+
+    def _cached_states(self, sequences: list[list[int]]) -> State:
+        """The states (h, c), each (L, B, H), after each sequence; each starts from the longest cached prefix's
+        state, and is cached in turn."""
         cache = self.prefix_cache
         hashes = [prefix_hashes(ids) if cache.max_entries else None for ids in sequences]
         found = [cache.longest(ids, h) for ids, h in zip(sequences, hashes, strict=True)]
@@ -140,7 +200,7 @@ class ModelRunner:
             m.prefix_cache_lookups.labels("miss").inc(len(found) - hits)
             m.prefix_cache_tokens_reused.inc(sum(n for n, _ in found))
             m.prefix_cache_entries.set(len(cache))
-        return list(next_from_states(self.model, h))
+        return h, c
 
     def warmup(self) -> None:
         """One pass of each kind, so the first request does not pay for lazy initialisation."""

@@ -116,9 +116,11 @@ class NextWordResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="stable, machine-readable")
+    message: str = Field(description="for people")
     details: object | None = None
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, ...")
+    param: str | None = Field(None, description="the request field at fault, where one is")
 
 
 class ErrorResponse(BaseModel):

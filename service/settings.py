@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     )
 
     # Access
-    api_key: SecretStr | None = Field(None, description="if set, /score, /next-word and /model need this bearer key")
+    api_key: SecretStr | None = Field(
+        None, description="if set, /score, /next-word, /model and the OpenAI routes need this bearer key"
+    )
     metrics_require_key: bool = Field(False, description="put /metrics behind the API key too")
 
     # Batching engine
@@ -66,6 +68,7 @@ class Settings(BaseSettings):
     max_sentences: int = Field(256, ge=1, description="sentences (or prefixes) per request")
     max_chars: int = Field(20000, ge=1, description="characters per sentence or prefix")
     max_tokens: int = Field(4096, ge=1, description="tokens per sentence or prefix, after normalisation")
-    max_top_k: int = Field(100, ge=1, description="largest top_k of /next-word")
+    max_top_k: int = Field(100, ge=1, description="largest top_k of /next-word (and logprobs of /v1/completions)")
+    max_new_tokens: int = Field(256, ge=1, description="words one /v1/completions prompt may generate (max_tokens)")
     max_candidates: int = Field(100, ge=1, description="candidates per /next-word request")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body size; larger bodies get 413")

@@ -83,12 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--text", type=Path, default=None, help="a text file, one sentence per line")
     e.add_argument("--data-dir", type=Path, default=default_data_dir(), help="PTB directory ($PTB_DATA_DIR)")
     e.add_argument("--per-sentence", action="store_true", help="with --text: one line per sentence")
-    e.add_argument("--format", choices=["text", "jsonl"], default="text", help="with --text: output format")
+    e.add_argument(
+        "--format",
+        choices=["text", "jsonl", "srilm"],
+        default="text",
+        help="with --text: output format (srilm: `ngram -ppl`'s, as the HTTP client `lm-score` prints it)",
+    )
     e.add_argument(
         "--normalize",
-        action="store_true",
-        help="with --text: the model's own tokenizer on raw text (PTB's normaliser for a PTB model; "
-        "default: split on spaces)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --text: the model's own tokenizer on raw text, as the service does (PTB's normaliser for a PTB "
+        "model; the default); --no-normalize splits on spaces",
     )
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--threads", type=int, default=None)

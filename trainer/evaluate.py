@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from lm.checkpoint import Checkpoint
 from lm.encoding import Encoded, SentenceEncoder
+from lm.report import PerplexityTally, jsonl_summary, srilm_sentence, srilm_summary
 from lm.scoring import LN10, perplexity, stream_nll, token_logprobs
 from lm.tokenizers import tokenizer_for
 from trainer.data import encode_file, split_path
@@ -70,7 +71,7 @@ def score_lines(
     tokenize: Callable[[str], list[str]] = str.split,
     batch_size: int = 64,
 ) -> Iterator[SentenceScore]:
-    """Score each non-empty line as a sentence (`lm.encoding`: `<eos>`-primed, every word and the final `<eos>`
+    """Score each non-blank line as a sentence (`lm.encoding`: `<eos>`-primed, every word and the final `<eos>`
     predicted)."""
     encoder = SentenceEncoder.for_checkpoint(ckpt)
     pending: list[tuple[str, Encoded]] = []
@@ -83,10 +84,10 @@ def score_lines(
 
     for line in lines:
         text = line.rstrip("\n")
-        words = tokenize(text)
-        if not words:
+        if not text.strip():
             continue
-        pending.append((text, encoder.encode(words, add_eos=True)))
+        # A line that normalises to nothing still ends a sentence: its <eos> is predicted, as /score does.
+        pending.append((text, encoder.encode(tokenize(text), add_eos=True)))
         if len(pending) >= batch_size:
             yield from flush()
     if pending:
@@ -113,28 +114,16 @@ def score_file(
             lines = f.readlines()
     except (OSError, UnicodeDecodeError) as e:
         raise TrainerError(f"{path}: cannot read ({e})") from None
-    sentences = words = oovs = predictions = 0
-    logprob = 0.0
+    tally = PerplexityTally()
     bar = tqdm(total=len(lines), unit="line", disable=(not progress) if progress is not None else None, leave=False)
     for s in score_lines(ckpt, lines, tokenize):
         bar.update(1)
-        sentences += 1
-        words += len(s.tokens) - 1
-        oovs += len(s.oov)
-        predictions += s.num_tokens
-        logprob += s.logprob
+        row = tally.add(s.text, s.num_tokens, s.oov, s.logprob)
         if per_sentence:
             if fmt == "jsonl":
-                row = {
-                    "text": s.text,
-                    "num_tokens": s.num_tokens,
-                    "num_oov": len(s.oov),
-                    "oov": s.oov,
-                    "logprob": s.logprob,
-                    "log10prob": s.log10prob,
-                    "perplexity": s.perplexity,
-                }
                 print(json.dumps(row), file=out)
+            elif fmt == "srilm":
+                print(srilm_sentence(row), file=out)
             else:
                 print(
                     f"logprob {s.logprob:10.3f}  log10prob {s.log10prob:9.3f}  ppl {s.perplexity:9.2f}"
@@ -142,24 +131,17 @@ def score_file(
                     file=out,
                 )
     bar.close()
-    if sentences == 0:
+    if tally.sentences == 0:
         raise TrainerError(f"{path}: no sentences (every line is empty)")
-    summary = {
-        "file": str(path),
-        "sentences": sentences,
-        "words": words,
-        "oov": oovs,
-        "num_tokens": predictions,
-        "logprob": logprob,
-        "log10prob": logprob / LN10,
-        "perplexity": perplexity(logprob, predictions),
-    }
+    summary = tally.summary(str(path))
     if fmt == "jsonl":
-        print(json.dumps({"summary": summary}), file=out)
+        print(jsonl_summary(summary), file=out)
+    elif fmt == "srilm":
+        print(srilm_summary(summary), file=out)
     else:
         print(
-            f"file {path}: {sentences:,} sentences, {words:,} words, {oovs:,} OOVs (scored as <unk>)\n"
-            f"logprob {logprob:.3f}  log10prob {logprob / LN10:.3f}  predictions {predictions:,}"
+            f"file {path}: {tally.sentences:,} sentences, {tally.words:,} words, {tally.oov:,} OOVs (scored as <unk>)\n"
+            f"logprob {tally.logprob:.3f}  log10prob {tally.logprob / LN10:.3f}  predictions {tally.num_tokens:,}"
             f"  ppl {summary['perplexity']:.3f}",
             file=out,
         )

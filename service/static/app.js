@@ -1,5 +1,5 @@
 // The page's behaviour: score as you type (POST /score, debounced), suggest the next word (POST /next-word),
-// compare two sentences, show the model card (GET /model). No framework, no build step, no network but this server.
+// continue the sentence (POST /v1/completions), compare two sentences, show the model card (GET /model). No framework, no build step, no network but this server.
 "use strict";
 
 const DEBOUNCE_MS = 250;
@@ -101,12 +101,14 @@ function renderStats(dl, result) {
   ];
   dl.replaceChildren();
   for (const [name, value, id] of rows) {
+    const pair = document.createElement("div");
     const dt = document.createElement("dt");
     dt.textContent = name;
     const dd = document.createElement("dd");
     dd.textContent = value;
     dd.dataset.stat = id;
-    dl.append(dt, dd);
+    pair.append(dt, dd);
+    dl.append(pair);
   }
 }
 
@@ -162,6 +164,9 @@ async function suggest(text, normalize, gen) {
   const words = data.results[0].top_k.filter((w) => w.word.startsWith(partial)).slice(0, SUGGESTIONS);
   const list = $("suggestions");
   list.replaceChildren();
+  const none = $("no-suggestions");
+  none.hidden = words.length > 0;
+  none.textContent = words.length ? "" : `No word the model expects here starts with “${partial}”.`;
   const top = words.length ? words[0].prob : 1;
   for (const w of words) {
     const li = document.createElement("li");
@@ -198,6 +203,33 @@ function appendWord(word) {
   edited(0);
 }
 
+// Let the model write on: the text so far is the prompt, the completion is appended.
+async function continueSentence() {
+  const box = $("text");
+  const button = $("continue");
+  const temperature = Number($("temperature").value);
+  const words = Math.round(Number($("continue-words").value));
+  button.disabled = true;
+  try {
+    const data = await post(
+      "v1/completions",
+      { prompt: box.value, max_tokens: words, temperature, stop: null },
+      "continue",
+    );
+    const text = data.choices[0].text;
+    if (text) {
+      box.value = box.value + (box.value && !/\s$/.test(box.value) ? " " : "") + text + " ";
+      edited(0);
+    }
+    showError(null);
+  } catch (err) {
+    showError(err);
+  } finally {
+    button.disabled = false;
+    box.focus();
+  }
+}
+
 let timer = null;
 function scheduleScore(delay = DEBOUNCE_MS) {
   clearTimeout(timer);
@@ -208,6 +240,7 @@ function scheduleScore(delay = DEBOUNCE_MS) {
 function edited(delay = DEBOUNCE_MS) {
   generation += 1;
   $("suggestions").replaceChildren();
+  $("no-suggestions").hidden = true;
   scheduleScore(delay);
 }
 
@@ -297,6 +330,7 @@ function init() {
   $("text").addEventListener("input", () => edited());
   $("normalize").addEventListener("change", () => edited(0));
   $("add-eos").addEventListener("change", () => edited(0));
+  $("continue").addEventListener("click", continueSentence);
   $("compare-a").addEventListener("input", scheduleCompare);
   $("compare-b").addEventListener("input", scheduleCompare);
   $("tab-score").addEventListener("click", () => selectTab("score"));

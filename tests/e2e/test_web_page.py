@@ -166,3 +166,54 @@ def test_compare_mode_and_model_card(page: Page, server: str) -> None:
     expect(page.locator("#stats-b [data-stat=stat-ppl]")).to_have_text(f"{b['perplexity']:,.2f}")
     winner = "A" if a["logprob"] > b["logprob"] else "B"
     expect(page.locator("#verdict")).to_contain_text(f"{winner} is")
+
+
+def test_the_prefilled_sentence_suggests_the_next_word(page: Page, server: str) -> None:
+    """The page opens on "the stock market " (a space after it): the suggestions are next words, not completions
+    of "market"."""
+    expect(page.locator("#text")).to_have_value("the stock market ")
+    first = page.locator("#suggestions .suggestion").first
+    expect(first).to_be_visible()
+    r = httpx.post(server + "/next-word", json={"prefix": "the stock market", "top_k": 1}, timeout=10)
+    assert first.get_attribute("data-word") == r.json()["results"][0]["top_k"][0]["word"]
+
+
+def test_no_matching_suggestion_is_said(page: Page, server: str) -> None:
+    page.locator("#text").fill("the stock market qqzx")
+    expect(page.locator("#no-suggestions")).to_be_visible()
+    expect(page.locator("#no-suggestions")).to_contain_text("qqzx")
+    expect(page.locator("#suggestions .suggestion")).to_have_count(0)
+    page.locator("#text").fill("the stock market ")
+    expect(page.locator("#suggestions .suggestion").first).to_be_visible()
+    expect(page.locator("#no-suggestions")).to_be_hidden()
+
+
+def test_each_stat_label_stays_with_its_value(browser, server: str) -> None:
+    for width in (360, 600, 800, 1100):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        pg = context.new_page()
+        pg.goto(server + "/")
+        expect(pg.locator("#stats [data-stat=stat-ppl]")).to_be_visible()
+        pairs = pg.locator("#stats > div")
+        expect(pairs).to_have_count(5)
+        for i in range(5):
+            label = pairs.nth(i).locator("dt").bounding_box()
+            value = pairs.nth(i).locator("dd").bounding_box()
+            assert abs(label["x"] - value["x"]) < 1, (width, i)  # the value sits right under its label
+            assert 0 <= value["y"] - (label["y"] + label["height"]) < 20, (width, i)
+        context.close()
+
+
+def test_continue_this_sentence_appends_the_greedy_completion(page: Page, server: str) -> None:
+    page.locator("#text").fill("the company said ")
+    page.locator("#temperature").fill("0")
+    page.locator("#continue-words").fill("4")
+    r = httpx.post(
+        server + "/v1/completions",
+        json={"prompt": "the company said ", "max_tokens": 4, "temperature": 0},
+        timeout=10,
+    )
+    completion = r.json()["choices"][0]["text"]
+    assert completion
+    page.locator("#continue").click()
+    expect(page.locator("#text")).to_have_value(f"the company said {completion} ")

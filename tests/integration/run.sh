@@ -54,7 +54,7 @@ PYEOF
 }
 
 # An error answer: the one JSON envelope, with a code and a message.
-ENVELOPE='assert set(d) == {"error"} and set(d["error"]) == {"code", "message", "details"}, d
+ENVELOPE='assert set(d) == {"error"} and set(d["error"]) == {"code", "message", "details", "type", "param"}, d
 assert isinstance(d["error"]["message"], str) and d["error"]["message"]'
 
 check "healthz" 200 'assert d == {"status": "ok"}' GET /healthz

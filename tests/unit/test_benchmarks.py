@@ -131,3 +131,12 @@ def test_python_load_generator_counts_answers_and_429s_over_several_processes() 
     assert r["status"] == r["busy"]  # the only non-2xx answers are the 429s
     assert r["connect"] == r["read"] == r["write"] == r["timeout"] == 0
     assert 0 < r["p50_us"] <= r["p95_us"] <= r["p99_us"]
+
+
+def test_generation_benchmark_runs_in_process_and_over_http() -> None:
+    out = run("benchmarks.generation", "--streams", "1", "2", "--words", "3", "--repeats", "1")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert float(row[1].replace(",", "")) > 0 and float(row[2].replace(",", "")) > 0  # in process, over HTTP
+    assert "| streams | words 1-1 ms | words 3-3 ms | ratio |" in out

@@ -223,3 +223,25 @@ def test_one_more_token_for_every_row_takes_the_cell_path_and_agrees(make_model,
         ref_h, ref_c = reference_state(model, seq)
         torch.testing.assert_close(h[:, i], ref_h, rtol=0, atol=1e-5)
         torch.testing.assert_close(c[:, i], ref_c, rtol=0, atol=1e-5)
+
+
+def test_top_words_come_from_the_same_row_as_the_token(make_model, sequences) -> None:
+    model = make_model()
+    plain = score_tokens(model, sequences)
+    scored = score_tokens(model, sequences, top=3, max_chunk_tokens=7)
+    for seq, p, s in zip(sequences, plain, scored, strict=True):
+        assert s.top_logprobs.shape == (len(seq) - 1, 3) and s.top_ids.shape == (len(seq) - 1, 3)
+        torch.testing.assert_close(s.logprobs, p.logprobs, rtol=0, atol=1e-5)
+        for t in range(len(seq) - 1):
+            reference = torch.log_softmax(reference_dist_logits(model, seq[: t + 1]), dim=-1)
+            assert s.top_ids[t].tolist() == torch.topk(reference, 3).indices.tolist()
+            row = dict(zip(s.top_ids[t].tolist(), s.top_logprobs[t].tolist(), strict=True))
+            if seq[t + 1] in row:  # the token is among the top: the very same float
+                assert row[seq[t + 1]] == s.logprobs[t].item()
+            assert (s.top_logprobs[t][:-1] >= s.top_logprobs[t][1:]).all()
+
+
+def reference_dist_logits(model, prefix: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([prefix]))
+    return logits[0, -1].double()

@@ -66,7 +66,8 @@ def reference_next_logprobs(ckpt: TinyCheckpoint, tokens: list[str]) -> torch.Te
 
 
 def assert_envelope(response: httpx.Response, status: int | None = None, code: str | None = None) -> dict:
-    """The error body is `{"error": {"code", "message", "details"}}` and nothing else; returns `error`."""
+    """The error body is `{"error": {"code", "message", "details", "type", "param"}}` and nothing else; returns
+    `error`."""
     if status is not None:
         assert response.status_code == status, response.text
     assert 400 <= response.status_code < 600
@@ -74,7 +75,10 @@ def assert_envelope(response: httpx.Response, status: int | None = None, code: s
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) == {"code", "message", "details"}, error
+    assert set(error) == {"code", "message", "details", "type", "param"}, error
+    status_type = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+    default = "server_error" if response.status_code >= 500 else "invalid_request_error"
+    assert error["type"] == status_type.get(response.status_code, default), error
     assert isinstance(error["code"], str) and error["code"]
     assert isinstance(error["message"], str) and error["message"]
     if code is not None:
