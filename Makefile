@@ -42,7 +42,8 @@ e2e: install
 docker-test:
 	PY=$(PYTHON) docker/test-stack.sh
 
-wheels:
+# The venv's pip builds the wheels: made first in a fresh clone.
+wheels: install
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
 lint: install
