@@ -1,0 +1,147 @@
+"""Hostile and careless input: every request gets a 2xx or a 4xx with a message saying what to do, never a 500.
+
+The known cases first (each was a 500 or a hang once), then hypothesis looking for more over the request
+models' fields, with lone surrogates, pathological punctuation and wrong types.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from service_helpers import assert_envelope
+
+JSON = {"content-type": "application/json"}
+
+
+def post_raw(client, path: str, body: str, headers: dict | None = None):
+    """The body as written (ASCII JSON escapes, so that a lone surrogate travels as `\\ud800`)."""
+    return client.post(path, content=body.encode(), headers=JSON if headers is None else headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/score", {"text": "1" + "%" * 2000}),
+        ("/score", {"sentences": ["1" + "%" * 2000, "x" + "'s" * 3000]}),
+        ("/next-word", {"prefix": "do" + "n't" * 2000}),
+        ("/score", {"text": "(" * 3200 + ")" * 3200}),
+        ("/next-word", {"prefix": "'" * 19_000, "candidates": ["%" * 1000, "$" * 500]}),
+    ],
+)
+def test_pathological_words_are_answered(client, path: str, body: dict) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/score", '{"text": "a\\ud800"}', "text"),
+        ("/score", '{"sentences": ["ok", "\\ud800"]}', "sentences"),
+        ("/next-word", '{"prefix": "the", "candidates": ["\\udfff"]}', "candidates"),
+        ("/next-word", '{"prefixes": ["\\ud800 the"]}', "prefixes"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_wherever_it_is(client, path: str, body: str, where: str) -> None:
+    error = assert_envelope(post_raw(client, path, body), 422, "invalid_request")
+    assert error["message"].startswith(f"{where}: ") and "surrogate" in error["message"]
+
+
+def test_a_surrogate_pair_is_text(client) -> None:
+    """The escaped pair of an emoji is valid: scored, as <unk>."""
+    r = post_raw(client, "/score", '{"text": "the \\ud83d\\ude00"}')
+    assert r.status_code == 200 and r.json()["results"][0]["oov"] == ["\U0001f600"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "hint"),
+    [
+        ("/score", {"sentence": ["the"]}, "did you mean `sentences`?"),
+        ("/score", {"text": "the", "per_tokens": True}, "did you mean `per_token`?"),
+        ("/score", {"prefix": "the"}, "the fields are `text`, `sentences`"),
+        ("/score", {"text": ["the", "a"]}, "a list of strings goes in `sentences`"),
+        ("/score", {"sentences": "the"}, "one string goes in `text`"),
+        ("/next-word", {"prefix": ["the"]}, "a list of strings goes in `prefixes`"),
+        ("/next-word", {"prefixes": "the"}, "one string goes in `prefix`"),
+        ("/score", [{"text": "the"}], "the body must be a JSON object"),
+    ],
+)
+def test_a_422_says_what_to_do(client, path: str, body: object, hint: str) -> None:
+    error = assert_envelope(client.post(path, json=body), 422, "invalid_request")
+    assert hint in error["message"]
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
+)
+def test_a_body_without_the_json_content_type_is_told_to_send_it(client, headers: dict) -> None:
+    error = assert_envelope(post_raw(client, "/score", '{"text": "the"}', headers), 422, "invalid_request")
+    assert "content-type: application/json" in error["message"]
+
+
+_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=st.sampled_from(list("\"'([{<)]}>,.;:!?%$#/*-sn't1 N\ud800\udfff\x00")), max_size=60),
+)
+_VALUE = st.one_of(
+    _TEXT,
+    st.lists(_TEXT, max_size=4),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=True),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+_FIELDS = ["text", "sentences", "normalize", "add_eos", "per_token", "prefix", "prefixes", "top_k", "candidates", "x"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    path=st.sampled_from(["/score", "/next-word"]),
+    body=st.dictionaries(st.sampled_from(_FIELDS), _VALUE, max_size=4),
+)
+def test_no_request_body_gets_a_5xx(client, path: str, body: dict) -> None:
+    r = post_raw(client, path, json.dumps(body, ensure_ascii=True, allow_nan=True))
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code >= 400:
+        assert_envelope(r)
+    else:
+        r.json()  # an answer that encodes
+
+
+_SCORE = st.fixed_dictionaries(
+    {},
+    optional={"normalize": st.booleans(), "add_eos": st.booleans(), "per_token": st.booleans()},
+).flatmap(
+    lambda flags: st.one_of(
+        st.builds(lambda t: {**flags, "text": t}, _TEXT),
+        st.builds(lambda s: {**flags, "sentences": s}, st.lists(_TEXT, min_size=1, max_size=3)),
+    )
+)
+_NEXT = st.fixed_dictionaries(
+    {},
+    optional={
+        "normalize": st.booleans(),
+        "top_k": st.integers(1, 20),
+        "candidates": st.lists(_TEXT, max_size=3),
+    },
+).flatmap(
+    lambda extra: st.one_of(
+        st.builds(lambda t: {**extra, "prefix": t}, _TEXT),
+        st.builds(lambda p: {**extra, "prefixes": p}, st.lists(_TEXT, min_size=1, max_size=3)),
+    )
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=st.one_of(st.tuples(st.just("/score"), _SCORE), st.tuples(st.just("/next-word"), _NEXT)))
+def test_no_well_formed_request_with_hostile_text_gets_a_5xx(client, request: tuple[str, dict]) -> None:
+    """Bodies of the right shape reach the model: hostile text must not break it or the answer's encoding."""
+    path, body = request
+    r = post_raw(client, path, json.dumps(body, ensure_ascii=True))
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code >= 400:
+        assert_envelope(r)
