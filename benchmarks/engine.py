@@ -41,28 +41,28 @@ from benchmarks.common import (
     write_section,
 )
 from lm.checkpoint import load_checkpoint
-from service.engine import WorkItem
-from service.scoring import ModelRunner
+from lm.encoding import SentenceEncoder
+from service.runner import ModelRunner, NextJob, ScoreJob
 from service.settings import Settings
 
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def sentences_ids(ckpt, data_dir, limit: int | None, seed: int = 0) -> list[list[int]]:
-    vocab = ckpt.vocab
+    encoder = SentenceEncoder(ckpt.vocab)
     lines = [line.split() for line in ptb_test_sentences(data_dir)]
     random.Random(seed).shuffle(lines)
     lines = lines[:limit] if limit else lines
-    return [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for words in lines]
+    return [encoder.encode(words, add_eos=True).ids for words in lines]
 
 
-def items(seqs: list[list[int]], kind: str = "score") -> list[WorkItem]:
-    return [WorkItem(kind, ids, None) for ids in seqs]  # type: ignore[arg-type]  # no future: not queued
+def score_jobs(seqs: list[list[int]]) -> list[ScoreJob]:
+    return [ScoreJob(ids) for ids in seqs]
 
 
 def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: int) -> float:
     """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`."""
-    batches = [items(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
+    batches = [score_jobs(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
     predictions = sum(len(s) - 1 for s in seqs)
     runner.run(batches[0])  # warm-up
     rates = []
@@ -77,7 +77,7 @@ def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: 
 def all_logprobs(runner: ModelRunner, seqs: list[list[int]], batch: int = 128) -> torch.Tensor:
     out = []
     for i in range(0, len(seqs), batch):
-        out += [r.logprobs for r in runner.run(items(seqs[i : i + batch]))]
+        out += [r.logprobs for r in runner.run(score_jobs(seqs[i : i + batch]))]
     return torch.cat(out).double()
 
 
@@ -103,7 +103,7 @@ def type_ahead(runner: ModelRunner, seqs: list[list[int]], cache: bool, repeats:
             runner.prefix_cache.clear()
             t0 = time.perf_counter()
             for p in prefixes:
-                runner.run(items([p], "next"))
+                runner.run([NextJob(p)])
             times.append((time.perf_counter() - t0) / len(prefixes) * 1000)
     return median(times)
 
@@ -114,9 +114,9 @@ def next_after_extension(runner: ModelRunner, doc: list[int], length: int, cache
     with prefix_cache(runner, cache):
         for _ in range(repeats):
             runner.prefix_cache.clear()
-            runner.run(items([doc[:length]], "next"))
+            runner.run([NextJob(doc[:length])])
             t0 = time.perf_counter()
-            runner.run(items([doc[: length + 1]], "next"))
+            runner.run([NextJob(doc[: length + 1])])
             times.append((time.perf_counter() - t0) * 1000)
     return median(times)
 

@@ -65,7 +65,8 @@ class ModelConfig:
         return self.dropout if value is None else value
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor of the checkpoint with its shape (DESIGN.md's names; gate order i, f, g, o)."""
+        """Every tensor of the checkpoint with its shape (the checkpoint format of docs/architecture.md; gate order
+        i, f, g, o)."""
         v, e, h = self.vocab_size, self.embed_size, self.hidden_size
         shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (v, e)}
         for k in range(self.num_layers):

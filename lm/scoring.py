@@ -8,6 +8,7 @@ The log-softmax is always computed in float32, whatever dtype the model runs in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from lm.model import LSTMLanguageModel, State
 
+LN10 = math.log(10)  # log10(p) = ln(p) / LN10, as KenLM and SRILM report it
 DEFAULT_MAX_CHUNK_TOKENS = 8192
 MIN_CHUNK_STEPS = 16
 MIN_CHUNK_TOKENS = 1024
@@ -193,8 +195,14 @@ def stream_nll(
 ) -> tuple[float, int]:
     """Total negative log-likelihood (nats) and prediction count of one stream, state carried throughout.
 
-    Every token after the first is predicted once: the evaluation of DESIGN.md.
+    Every token after the first is predicted once: the evaluation of docs/architecture.md (what the numbers mean).
     """
     seq = ids.tolist() if isinstance(ids, Tensor) else list(ids)
     lp = token_logprobs(model, [seq], max_chunk_tokens)[0]
     return -lp.double().sum().item(), lp.numel()
+
+
+def perplexity(logprob: float, num_tokens: int) -> float:
+    """exp(-logprob / num_tokens): the perplexity of `num_tokens` predictions whose log-probabilities (nats)
+    sum to `logprob`."""
+    return math.exp(-logprob / num_tokens)

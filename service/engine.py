@@ -1,10 +1,15 @@
-"""The batching engine: many concurrent requests, one forward pass.
+"""The batching engine: many concurrent callers, one forward pass; generic over the kind of job.
 
-Every sequence a request brings becomes one `WorkItem` with its own future. One worker task gathers items
-until the batch is full (by sequences or by tokens) or the oldest item has waited `max_wait_ms`, sorts them by
-length so that little padding is computed, runs the batch in a worker thread (off the event loop) and resolves
-each future. A batch that raises fails its own items only; the worker carries on. The queue is bounded and
-`submit` refuses work it cannot queue before queuing any of it.
+The engine knows one thing about a job: its size in tokens (`job.num_tokens`), which is what a batch is bounded
+by. What a job means is the business of the `run_batch(jobs) -> results` function it is given (the model runner).
+
+`await engine.run(jobs, timeout=..., is_disconnected=...)` is the entry point: it queues one entry per job, each
+with its own future, and waits for the results. One worker task gathers entries until the batch is full (by jobs
+or by tokens) or the oldest entry has waited `max_wait_ms`, sorts them by size so that little padding is
+computed, runs the batch in a worker thread (off the event loop) and resolves each future. A batch that raises
+fails its own jobs only; the worker carries on. The queue is bounded, and a call is refused before any of its
+jobs is queued (`admit` refuses before the caller has prepared anything). A call that times out, or whose
+client goes away, cancels its jobs: they leave the queue's count at once and are never computed.
 """
 
 from __future__ import annotations
@@ -14,57 +19,83 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 from service.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger("service.engine")
 
 
-class QueueFullError(Exception):
-    """The queue cannot take the request's sequences now: answer 429."""
+class Job(Protocol):
+    """What the engine needs of a job: its size in tokens, for batching."""
+
+    @property
+    def num_tokens(self) -> int: ...
 
 
-class EngineStoppedError(Exception):
-    """The engine is not running (starting up or shutting down): answer 503."""
+J = TypeVar("J", bound=Job)
+R = TypeVar("R")
+
+
+class EngineError(Exception):
+    """A call the engine did not answer with results."""
+
+
+class QueueFullError(EngineError):
+    """The queue cannot take the call's jobs now (HTTP: 429)."""
+
+
+class EngineStoppedError(EngineError):
+    """The engine is not running: starting up or shutting down (HTTP: 503)."""
+
+
+class EngineTimeoutError(EngineError):
+    """The results did not come within the call's timeout; its jobs were dropped (HTTP: 504)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"not answered within {timeout:g} s; the work was dropped")
+        self.timeout = timeout
+
+
+class ClientGoneError(EngineError):
+    """The caller went away before the results came; its jobs were dropped (HTTP: 499)."""
 
 
 @dataclass
-class WorkItem:
-    kind: str  # "score": per-token log-probs; "next": the distribution of the next token
-    ids: list[int]  # token ids, the priming <eos> first
+class _Entry(Generic[J]):
+    """A job in the queue, with its future."""
+
+    job: J
     future: asyncio.Future = field(repr=False)
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float
     on_batch: Callable[[int], None] | None = field(default=None, repr=False)  # told the size of its batch
-    ranks: bool = False  # "score": also each token's rank (costs one more pass over the logits)
-    queued: bool = field(default=False, repr=False)  # in the queue and counted in its size
+    queued: bool = field(default=True, repr=False)  # in the queue and counted in its size
 
 
-class BatchingEngine:
-    """Dynamic batching over `run_batch(items) -> results` (one result per item, same order)."""
+class BatchingEngine(Generic[J, R]):
+    """Dynamic batching over `run_batch(jobs) -> results` (one result per job, same order).
 
-    def __init__(
-        self,
-        run_batch: Callable[[list[WorkItem]], list[Any]],
-        metrics: Metrics,
-        max_batch_sequences: int = 64,
-        max_batch_tokens: int = 16384,
-        max_wait_ms: float = 2.0,
-        max_queue: int = 2048,
-    ) -> None:
+    Its bounds and waits come from `Settings`: max_batch_sequences, max_batch_tokens, max_wait_ms, max_queue,
+    request_timeout_s (the default timeout of `run`) and busy_delay_ms (how slowly `admit` refuses).
+    """
+
+    def __init__(self, run_batch: Callable[[list[J]], list[R]], metrics: Metrics, settings: Settings) -> None:
         self.run_batch = run_batch
         self.metrics = metrics
-        self.max_batch_sequences = max_batch_sequences
-        self.max_batch_tokens = max_batch_tokens
-        self.max_wait = max_wait_ms / 1000.0
-        self.max_queue = max_queue
-        self._queue: deque[WorkItem] = deque()
-        # Sequences in the queue that someone still waits for: what the bound counts. An item cancelled while
-        # queued (its client left, its request timed out) stops counting at once, though it leaves the deque
-        # only when the worker reaches it (or when a purge clears out many such items).
+        self.max_batch_sequences = settings.max_batch_sequences
+        self.max_batch_tokens = settings.max_batch_tokens
+        self.max_wait = settings.max_wait_ms / 1000.0
+        self.max_queue = settings.max_queue
+        self.timeout = settings.request_timeout_s
+        self.busy_delay = settings.busy_delay_ms / 1000.0
+        self._queue: deque[_Entry[J]] = deque()
+        # Jobs in the queue that someone still waits for: what the bound counts. A job cancelled while queued
+        # (its client left, its call timed out) stops counting at once, though it leaves the deque only when
+        # the worker reaches it (or when a purge clears out many such entries).
         self._live = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -77,25 +108,12 @@ class BatchingEngine:
         return self._task is not None and not self._task.done()
 
     def queue_size(self) -> int:
-        """Queued sequences still wanted (cancelled ones excluded)."""
+        """Queued jobs still wanted (cancelled ones excluded)."""
         return self._live
 
     def has_room(self, n: int) -> bool:
-        """Whether n more sequences fit the queue now."""
+        """Whether n more jobs fit the queue now."""
         return self._live + n <= self.max_queue
-
-    def _dequeued(self, item: WorkItem) -> None:
-        if item.queued:
-            item.queued = False
-            self._live -= 1
-
-    def _on_done(self, future: asyncio.Future, item: WorkItem) -> None:
-        """A queued item's future was cancelled: it no longer takes a place in the queue."""
-        if future.cancelled() and item.queued:
-            self._dequeued(item)
-            self.metrics.queue_size.set(self._live)
-            if len(self._queue) > 2 * self.max_queue:  # many dead items: drop them now, not when reached
-                self._queue = deque(it for it in self._queue if it.queued)
 
     async def start(self) -> None:
         if not self.running:
@@ -112,54 +130,101 @@ class BatchingEngine:
         self._task = None
         self._executor.shutdown(wait=True)
 
-    def submit(
-        self,
-        kind: str,
-        sequences: Sequence[list[int]],
-        on_batch: Callable[[int], None] | None = None,
-        ranks: bool = False,
-    ) -> list[asyncio.Future]:
-        """Queue one item per sequence and return their futures; all or nothing.
+    async def admit(self, n: int) -> None:
+        """QueueFullError if n jobs cannot be queued now: a caller asks before it prepares its jobs. Under
+        overload a refusal must cost little and come slowly (`busy_delay_ms`), or refused clients retrying at
+        once take the CPU the forward pass needs."""
+        if self.running and not self.has_room(n):
+            reason = f"{self._live} sequences queued, {n} more would pass {self.max_queue}"
+            await asyncio.sleep(self.busy_delay)
+            raise QueueFullError(reason)
 
-        `on_batch(n)` is called, on the event loop, with the size of each batch one of the sequences runs in.
+    async def run(
+        self,
+        jobs: Sequence[J],
+        *,
+        timeout: float | None = None,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[R]:
+        """The results of `jobs`, in their order.
+
+        Raises QueueFullError (they do not fit; nothing queued), EngineStoppedError, EngineTimeoutError past
+        `timeout` seconds (default: request_timeout_s) and ClientGoneError once `is_disconnected()` answers true
+        (polled every 0.1 s); in the last two cases the jobs are cancelled and never computed. A job whose
+        batch failed raises that batch's exception. `on_batch(n)` is told the size of each batch a job runs in.
         """
+        timeout = self.timeout if timeout is None else timeout
+        results = asyncio.ensure_future(asyncio.gather(*self.submit(jobs, on_batch)))
+        waits: set[asyncio.Future] = {results}
+        gone = asyncio.ensure_future(_until_true(is_disconnected)) if is_disconnected is not None else None
+        if gone is not None:
+            waits.add(gone)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if gone is not None:
+                gone.cancel()
+        if results in done:
+            return results.result()
+        results.cancel()  # cancels every future: the worker skips them
+        results.add_done_callback(_retrieve)  # the cancellation is the outcome: nothing left to log
+        if gone is not None and gone in done:
+            raise ClientGoneError("the client closed the connection; the work was dropped")
+        raise EngineTimeoutError(timeout)
+
+    def submit(self, jobs: Sequence[J], on_batch: Callable[[int], None] | None = None) -> list[asyncio.Future]:
+        """Queue one entry per job and return their futures; all or nothing. The building block of `run`."""
         if not self.running or self._stopping:
             raise EngineStoppedError("the engine is not running")
-        if not self.has_room(len(sequences)):
-            raise QueueFullError(f"{self._live} sequences queued, {len(sequences)} more would pass {self.max_queue}")
+        if not self.has_room(len(jobs)):
+            raise QueueFullError(f"{self._live} sequences queued, {len(jobs)} more would pass {self.max_queue}")
         loop = asyncio.get_running_loop()
         futures = []
         now = time.monotonic()
-        for ids in sequences:
-            item = WorkItem(kind, ids, loop.create_future(), now, on_batch, ranks, queued=True)
-            item.future.add_done_callback(lambda f, item=item: self._on_done(f, item))
-            self._queue.append(item)
-            futures.append(item.future)
-        self._live += len(sequences)
+        for job in jobs:
+            entry = _Entry(job, loop.create_future(), now, on_batch)
+            entry.future.add_done_callback(lambda f, entry=entry: self._on_done(f, entry))
+            self._queue.append(entry)
+            futures.append(entry.future)
+        self._live += len(jobs)
         self.metrics.queue_size.set(self._live)
         self._wakeup.set()
         return futures
 
+    def _dequeued(self, entry: _Entry[J]) -> None:
+        if entry.queued:
+            entry.queued = False
+            self._live -= 1
+
+    def _on_done(self, future: asyncio.Future, entry: _Entry[J]) -> None:
+        """A queued entry's future was cancelled: it no longer takes a place in the queue."""
+        if future.cancelled() and entry.queued:
+            self._dequeued(entry)
+            self.metrics.queue_size.set(self._live)
+            if len(self._queue) > 2 * self.max_queue:  # many dead entries: drop them now, not when reached
+                self._queue = deque(e for e in self._queue if e.queued)
+
     def _full(self) -> bool:
         tokens = 0
-        for n, item in enumerate(self._queue, start=1):
-            tokens += len(item.ids)
+        for n, entry in enumerate(self._queue, start=1):
+            tokens += entry.job.num_tokens
             if n >= self.max_batch_sequences or tokens >= self.max_batch_tokens:
                 return True
         return False
 
-    def _take(self) -> list[WorkItem]:
-        batch: list[WorkItem] = []
+    def _take(self) -> list[_Entry[J]]:
+        batch: list[_Entry[J]] = []
         tokens = 0
         while self._queue and len(batch) < self.max_batch_sequences:
-            n = len(self._queue[0].ids)
+            n = self._queue[0].job.num_tokens
             if batch and tokens + n > self.max_batch_tokens:
                 break
-            item = self._queue.popleft()
-            if item.future.done():  # cancelled or timed out while queued: nobody wants it
+            entry = self._queue.popleft()
+            if entry.future.done():  # cancelled or timed out while queued: nobody wants it
                 continue
-            self._dequeued(item)
-            batch.append(item)
+            self._dequeued(entry)
+            batch.append(entry)
             tokens += n
         self.metrics.queue_size.set(self._live)
         return batch
@@ -186,26 +251,39 @@ class BatchingEngine:
             batch = self._take()
             if not batch:
                 continue
-            batch.sort(key=lambda it: len(it.ids), reverse=True)
+            batch.sort(key=lambda e: e.job.num_tokens, reverse=True)
             started = time.monotonic()
-            for item in batch:
-                self.metrics.queue_wait.observe(started - item.enqueued)
-                if item.on_batch is not None:
-                    item.on_batch(len(batch))
+            for entry in batch:
+                self.metrics.queue_wait.observe(started - entry.enqueued)
+                if entry.on_batch is not None:
+                    entry.on_batch(len(batch))
+            jobs = [e.job for e in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, batch)
+                results = await loop.run_in_executor(self._executor, self.run_batch, jobs)
             except Exception as e:  # the batch fails, the engine does not
                 log.exception("forward pass failed for a batch of %d sequences", len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(e)
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(e)
                 continue
             finally:
                 m = self.metrics
                 m.batch_duration.observe(time.monotonic() - started)
                 m.batch_size.observe(len(batch))
-                m.batch_tokens.observe(len(batch) * len(batch[0].ids))
+                m.batch_tokens.observe(len(batch) * jobs[0].num_tokens)
                 m.batches.labels(trigger).inc()
-            for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+            for entry, result in zip(batch, results, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(result)
+
+
+async def _until_true(check: Callable[[], Awaitable[bool]], poll_s: float = 0.1) -> None:
+    """Returns once `check()` answers true (a client that closed its connection)."""
+    while not await check():
+        await asyncio.sleep(poll_s)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark the outcome of an abandoned future as seen, so that asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()

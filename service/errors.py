@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.engine import ClientGoneError, EngineError, EngineStoppedError, EngineTimeoutError, QueueFullError
+from service.schemas import ErrorResponse
+
 log = logging.getLogger("service")
+
+# The answers other than 2xx a route can give, for the OpenAPI schema of the routes that do work.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "body not readable as JSON",
+        401: "missing or wrong API key (when the server has one)",
+        413: "body too large",
+        422: "invalid request or a limit exceeded",
+        429: "queue full: retry after Retry-After seconds",
+        503: "not ready",
+        500: "internal error (details in the server log)",
+        504: "timed out",
+    }.items()
+}
 
 
 class APIError(Exception):
@@ -30,7 +49,30 @@ class APIError(Exception):
         self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
 
 
-def error_response(status: int, code: str, message: str, details: Any = None, headers: dict | None = None):
+def not_ready(message: str = "the model is not loaded yet") -> APIError:
+    """503 `not_ready`, with Retry-After: starting up, shutting down or draining."""
+    return APIError(503, "not_ready", message, headers={"Retry-After": "1"})
+
+
+def from_engine(exc: EngineError, retry_after_s: int) -> APIError:
+    """The HTTP answer to a call the engine refused or dropped."""
+    if isinstance(exc, QueueFullError):
+        return APIError(
+            429, "queue_full", f"the server is busy ({exc}); retry later", None, {"Retry-After": str(retry_after_s)}
+        )
+    if isinstance(exc, EngineStoppedError):
+        return not_ready("the server is shutting down")
+    if isinstance(exc, EngineTimeoutError):
+        return APIError(504, "timeout", str(exc))
+    if isinstance(exc, ClientGoneError):
+        return APIError(499, "client_closed", str(exc))
+    return APIError(500, "internal_error", "internal error; the details are in the server log")
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict | None = None
+) -> JSONResponse:
+    """The envelope every non-2xx answer has."""
     body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -85,7 +127,9 @@ def _hint(request: Request, error: dict, given: Any) -> str | None:
     return None
 
 
-def install_error_handlers(app: FastAPI, on_reject=None) -> None:
+def install_error_handlers(
+    app: FastAPI, on_reject: Callable[[Request, int, str], None] | None = None, retry_after_s: int = 1
+) -> None:
     """Route every error through the envelope; `on_reject(request, status, code)` counts them."""
 
     def _count(request: Request, status: int, code: str) -> None:
@@ -96,6 +140,10 @@ def install_error_handlers(app: FastAPI, on_reject=None) -> None:
     async def _api_error(request: Request, exc: APIError):
         _count(request, exc.status, exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError):
+        return await _api_error(request, from_engine(exc, retry_after_s))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -1,4 +1,5 @@
-"""Prometheus metrics (DESIGN.md's names), one registry per app so that several apps can live in one process.
+"""Prometheus metrics (the names docs/architecture.md lists), one registry per app so that several apps can live
+in one process.
 
 With several worker processes (`--workers N`), every scrape must see all of them, whichever worker answers:
 prometheus-client's multiprocess mode, where each process writes its values to files in

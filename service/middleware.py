@@ -12,6 +12,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
+from service.limits import Limits
 from service.metrics import Metrics
 
 ENDPOINTS = {"/", "/score", "/next-word", "/healthz", "/readyz", "/metrics", "/model"}
@@ -77,8 +78,8 @@ class RequestObserverMiddleware:
 class BodyLimitMiddleware:
     """413 for a body over `max_bytes`, by Content-Length up front or by counting a streamed body."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+    def __init__(self, app: ASGIApp, limits: Limits, metrics: Metrics) -> None:
+        self.app, self.limits, self.max_bytes, self.metrics = app, limits, limits.max_body_bytes, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,13 +120,8 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
         self.metrics.rejected.labels(endpoint_of(scope), "too_long").inc()
-        response = error_response(
-            413,
-            "limit_exceeded",
-            f"request body of {size:,}+ bytes; at most {self.max_bytes:,}",
-            {"limit": "max_body_bytes", "value": size, "max": self.max_bytes},
-        )
-        await response(scope, receive, send)
+        e = self.limits.body_too_large(size)
+        await error_response(e.status, e.code, e.message, e.details)(scope, receive, send)
 
 
 class AuthMiddleware:

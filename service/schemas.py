@@ -1,6 +1,6 @@
 """Request and response bodies (pydantic v2). Requests are strict: unknown fields and wrong types are 422.
 
-Static bounds here are hard ceilings; the serving limits (settings) are checked in `service.scoring` before
+Static bounds here are hard ceilings; the serving limits (settings) are checked by `service.limits` before
 anything is queued, so that each can be tuned without a code change and names itself when exceeded.
 """
 

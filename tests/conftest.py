@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TinyCheckpoint, write_tiny_checkpoint
 
-from lm.checkpoint import save_checkpoint
 from lm.model import LSTMLanguageModel, ModelConfig
 from lm.vocab import Vocabulary
 
@@ -123,22 +122,14 @@ def make_model() -> Callable[..., LSTMLanguageModel]:
     return make
 
 
-@dataclass
-class TinyCheckpoint:
-    path: Path
-    model: LSTMLanguageModel
-    vocab: Vocabulary
-
-
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path, tiny_vocab: Vocabulary, make_model) -> TinyCheckpoint:
     """A checkpoint written with save_checkpoint into tmp_path/ckpt: a small random model and a small vocabulary."""
     model = make_model(vocab_size=len(tiny_vocab))
-    path = save_checkpoint(
+    return write_tiny_checkpoint(
         tmp_path / "ckpt",
         model,
         tiny_vocab,
         training={"name": "tiny", "seed": 0},
         metrics={"valid_ppl": 12.5, "test_ppl": 13.25},
     )
-    return TinyCheckpoint(path=path, model=model, vocab=tiny_vocab)

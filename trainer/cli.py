@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.model import resolve_device
 from lm.normalize import PTBNormalizer, whitespace_tokens
 from lm.vocab import VocabularyError
 from trainer.configs import CONFIGS, get_config
@@ -121,12 +122,15 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from trainer.evaluate import evaluate_split, score_file
-    from trainer.train import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise TrainerError(f"--{e}") from None
     ckpt = load_checkpoint(args.model)
-    ckpt.model.to(resolve_device(args.device))
+    ckpt.model.to(device)
     if args.text is not None:
         tokenize = PTBNormalizer(ckpt.vocab) if args.normalize else whitespace_tokens
         score_file(ckpt, args.text, args.per_sentence, args.format, tokenize=tokenize, progress=args.progress)

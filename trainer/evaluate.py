@@ -7,7 +7,6 @@ python -m trainer eval --model models/ptb-small --text sentences.txt --per-sente
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,12 +16,10 @@ from typing import TextIO
 from tqdm import tqdm
 
 from lm.checkpoint import Checkpoint
-from lm.scoring import stream_nll, token_logprobs
-from lm.vocab import EOS
+from lm.encoding import Encoded, SentenceEncoder
+from lm.scoring import LN10, perplexity, stream_nll, token_logprobs
 from trainer.data import encode_split, split_path
 from trainer.errors import TrainerError
-
-LN10 = math.log(10)
 
 
 @dataclass
@@ -34,10 +31,10 @@ class SplitResult:
 
 
 def evaluate_split(ckpt: Checkpoint, data_dir: str | Path, split: str) -> SplitResult:
-    """Perplexity of a split as one stream, state carried from the first token to the last (DESIGN.md)."""
+    """Perplexity of a split as one stream, state carried from the first token to the last (docs/architecture.md)."""
     ids = encode_split(split_path(data_dir, split), ckpt.vocab)
     nll, n = stream_nll(ckpt.model, ids.to(ckpt.model.embedding.weight.device))
-    return SplitResult(split, math.exp(nll / n), nll, n)
+    return SplitResult(split, perplexity(-nll, n), nll, n)
 
 
 @dataclass
@@ -54,7 +51,7 @@ class SentenceScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(-self.logprob / self.num_tokens)
+        return perplexity(self.logprob, self.num_tokens)
 
 
 def score_lines(
@@ -63,16 +60,15 @@ def score_lines(
     tokenize: Callable[[str], list[str]] = str.split,
     batch_size: int = 64,
 ) -> Iterator[SentenceScore]:
-    """Score each non-empty line as a sentence: `<eos>`-primed, every word and the final `<eos>` predicted."""
-    vocab = ckpt.vocab
-    pending: list[tuple[str, list[str]]] = []
+    """Score each non-empty line as a sentence (`lm.encoding`: `<eos>`-primed, every word and the final `<eos>`
+    predicted)."""
+    encoder = SentenceEncoder(ckpt.vocab)
+    pending: list[tuple[str, Encoded]] = []
 
     def flush() -> Iterator[SentenceScore]:
-        seqs = [[vocab.eos_id, *vocab.encode(words), vocab.eos_id] for _, words in pending]
-        for (text, words), lp in zip(pending, token_logprobs(ckpt.model, seqs), strict=True):
-            oov = [w for w in words if w not in vocab]
-            tokens = [w if w in vocab else vocab.itos[vocab.unk_id] for w in words] + [EOS]
-            yield SentenceScore(text, tokens, oov, float(lp.double().sum()), lp.numel())
+        seqs = [e.ids for _, e in pending]
+        for (text, e), lp in zip(pending, token_logprobs(ckpt.model, seqs), strict=True):
+            yield SentenceScore(text, e.tokens, e.oov, float(lp.double().sum()), lp.numel())
         pending.clear()
 
     for line in lines:
@@ -80,7 +76,7 @@ def score_lines(
         words = tokenize(text)
         if not words:
             continue
-        pending.append((text, words))
+        pending.append((text, encoder.encode(words, add_eos=True)))
         if len(pending) >= batch_size:
             yield from flush()
     if pending:
@@ -146,7 +142,7 @@ def score_file(
         "num_tokens": predictions,
         "logprob": logprob,
         "log10prob": logprob / LN10,
-        "perplexity": math.exp(-logprob / predictions),
+        "perplexity": perplexity(logprob, predictions),
     }
     if fmt == "jsonl":
         print(json.dumps({"summary": summary}), file=out)

@@ -27,7 +27,7 @@ def test_the_default_model_is_committed() -> None:
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_recorded_perplexities_are_exact(path: Path, ptb_dir: Path) -> None:
-    """Recomputed from the committed files over the full splits, as DESIGN.md defines them."""
+    """Recomputed from the committed files over the full splits, as docs/architecture.md defines them."""
     ckpt = load_checkpoint(path)
     metrics = ckpt.metrics
     for split, predictions in (("valid", 73_759), ("test", 82_429)):

@@ -16,9 +16,9 @@ import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from service_helpers import METRICS, TinyServiceCheckpoint, ptb_data_dir
+from service_helpers import METRICS
+from tiny_models import TinyCheckpoint, write_tiny_checkpoint
 
-from lm.checkpoint import save_checkpoint
 from lm.model import LSTMLanguageModel, ModelConfig
 from lm.vocab import Vocabulary
 from service.app import create_app
@@ -42,24 +42,23 @@ def service_vocab() -> Vocabulary:
 
 
 @pytest.fixture(scope="session")
-def service_ckpt(tmp_path_factory: pytest.TempPathFactory, service_vocab: Vocabulary) -> TinyServiceCheckpoint:
+def service_ckpt(tmp_path_factory: pytest.TempPathFactory, service_vocab: Vocabulary) -> TinyCheckpoint:
     """A 2-layer LSTM with 8 units, init ±0.5 from a fixed seed, saved with `save_checkpoint`."""
     torch.manual_seed(1234)
     model = LSTMLanguageModel(ModelConfig(vocab_size=len(service_vocab), embed_size=8, hidden_size=8, num_layers=2))
     model.init_weights(0.5)
     model.eval()
-    path = save_checkpoint(
+    return write_tiny_checkpoint(
         tmp_path_factory.mktemp("service") / "tiny-lm",
         model,
         service_vocab,
         training={"name": "tiny", "seed": 1234, "max_epochs_run": 1, "device": "cpu"},
         metrics=METRICS,
     )
-    return TinyServiceCheckpoint(path=path, model=model, vocab=service_vocab)
 
 
 @pytest.fixture
-def make_settings(service_ckpt: TinyServiceCheckpoint) -> Callable[..., Settings]:
+def make_settings(service_ckpt: TinyCheckpoint) -> Callable[..., Settings]:
     """Settings for the tiny checkpoint on the CPU; keyword arguments override any field."""
 
     def make(**overrides: Any) -> Settings:
@@ -96,14 +95,3 @@ def client(serve) -> Iterator[TestClient]:
     """The app with default settings (plus the tiny model on the CPU)."""
     with serve() as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def ptb_train_vocab() -> Vocabulary:
-    """The 10,000-word vocabulary of the real ptb.train.txt (skips when the data is not there)."""
-    from trainer.data import read_words
-
-    train = ptb_data_dir() / "ptb.train.txt"
-    if not train.is_file():
-        pytest.skip(f"PTB data not found at {train}; set PTB_DATA_DIR")
-    return Vocabulary.build(read_words(train))

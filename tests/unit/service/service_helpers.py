@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,12 @@ import httpx
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-
-from lm.model import LSTMLanguageModel
-from lm.vocab import Vocabulary
+from tiny_models import TinyCheckpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 # The perplexities written into the tiny checkpoint's config.json (/model must report them).
 METRICS = {"valid_ppl": 123.5, "test_ppl": 119.25, "train_ppl": 88.0, "best_epoch": 7}
-
-
-@dataclass
-class TinyServiceCheckpoint:
-    """A checkpoint on disk and the same model and vocabulary in memory (for the by-hand reference)."""
-
-    path: Path
-    model: LSTMLanguageModel
-    vocab: Vocabulary
 
 
 def run_service_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -62,7 +50,7 @@ def run_async(app: FastAPI, body: Callable[[httpx.AsyncClient], Awaitable[Any]],
     return asyncio.run(main())
 
 
-def reference_logprobs(ckpt: TinyServiceCheckpoint, tokens: list[str]) -> list[float]:
+def reference_logprobs(ckpt: TinyCheckpoint, tokens: list[str]) -> list[float]:
     """log p(token_t | <eos>, tokens[:t]) for every token, from one plain forward pass (float64 softmax)."""
     ids = [ckpt.vocab.eos_id] + [ckpt.vocab.stoi[t] for t in tokens]
     with torch.no_grad():
@@ -71,7 +59,7 @@ def reference_logprobs(ckpt: TinyServiceCheckpoint, tokens: list[str]) -> list[f
     return [lp[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
 
 
-def reference_next_logprobs(ckpt: TinyServiceCheckpoint, tokens: list[str]) -> torch.Tensor:
+def reference_next_logprobs(ckpt: TinyCheckpoint, tokens: list[str]) -> torch.Tensor:
     """The log-distribution (V,) of the word after `<eos> tokens...`, from one plain forward pass."""
     ids = [ckpt.vocab.eos_id] + [ckpt.vocab.stoi[t] for t in tokens]
     with torch.no_grad():
@@ -123,12 +111,6 @@ def get_metrics(client: TestClient | httpx.Client) -> dict:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     return parse_metrics(r.text)
-
-
-def ptb_data_dir() -> Path:
-    """$PTB_DATA_DIR, or ../shared/data/ptb relative to the repository root."""
-    path = Path(os.environ.get("PTB_DATA_DIR", "../shared/data/ptb")).expanduser()
-    return (path if path.is_absolute() else REPO_ROOT / path).resolve()
 
 
 def free_port() -> int:

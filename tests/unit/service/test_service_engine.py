@@ -1,17 +1,35 @@
-"""service.engine.BatchingEngine on its own, with a fake forward pass that records what it was given."""
+"""service.engine.BatchingEngine on its own, with a fake forward pass that records what it was given, over jobs that
+are only lists of ids: the engine knows nothing else about a job."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from service_helpers import parse_metrics
 
-from service.engine import BatchingEngine, EngineStoppedError, QueueFullError, WorkItem
+from service.engine import BatchingEngine, ClientGoneError, EngineStoppedError, EngineTimeoutError, QueueFullError
 from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Seq:
+    """A job of the fake forward pass: a list of ids."""
+
+    ids: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+def jobs(sequences: list[list[int]]) -> list[Seq]:
+    return [Seq(ids) for ids in sequences]
 
 
 class FakeForward:
@@ -22,7 +40,7 @@ class FakeForward:
         self.poison = poison
         self.threads: set[str] = set()
 
-    def __call__(self, items: list[WorkItem]) -> list[int]:
+    def __call__(self, items: list[Seq]) -> list[int]:
         self.threads.add(threading.current_thread().name)
         self.batches.append([list(it.ids) for it in items])
         if self.poison is not None and any(self.poison in it.ids for it in items):
@@ -36,7 +54,7 @@ def run_engine(
     metrics = Metrics()
 
     async def main() -> Any:
-        engine = BatchingEngine(fake, metrics, **options)
+        engine = BatchingEngine(fake, metrics, Settings(**options))
         await engine.start()
         try:
             return await body(engine)
@@ -56,7 +74,7 @@ def test_items_are_sorted_by_length_and_each_future_gets_its_own_result() -> Non
     sequences = seqs(3, 1, 5, 2, 4)
 
     async def body(engine):
-        return await asyncio.gather(*engine.submit("score", sequences))
+        return await asyncio.gather(*engine.submit(jobs(sequences)))
 
     results, _ = run_engine(fake, body, max_batch_sequences=5, max_wait_ms=5000)
     assert [[len(ids) for ids in batch] for batch in fake.batches] == [[5, 4, 3, 2, 1]]
@@ -69,9 +87,9 @@ def test_a_failing_batch_sets_exceptions_on_its_own_futures_only() -> None:
     sequences = [[99, 1], [2], [3, 3, 3], [4]]
 
     async def body(engine):
-        futures = engine.submit("score", sequences)
+        futures = engine.submit(jobs(sequences))
         await asyncio.wait(futures)
-        later = await asyncio.gather(*engine.submit("score", [[5, 5]]))
+        later = await asyncio.gather(*engine.submit(jobs([[5, 5]])))
         return futures, later, engine.running
 
     (futures, later, running), metrics = run_engine(fake, body, max_batch_sequences=2, max_wait_ms=50)
@@ -88,7 +106,7 @@ def test_max_batch_sequences_is_respected() -> None:
     fake = FakeForward()
 
     async def body(engine):
-        return await asyncio.gather(*engine.submit("score", seqs(*[2] * 10)))
+        return await asyncio.gather(*engine.submit(jobs(seqs(*[2] * 10))))
 
     results, metrics = run_engine(fake, body, max_batch_sequences=3, max_wait_ms=10)
     assert [len(b) for b in fake.batches] == [3, 3, 3, 1]
@@ -102,7 +120,7 @@ def test_max_batch_tokens_is_respected_and_a_long_item_runs_alone() -> None:
     fake = FakeForward()
 
     async def body(engine):
-        return await asyncio.gather(*engine.submit("next", seqs(4, 4, 4, 25, 4)))
+        return await asyncio.gather(*engine.submit(jobs(seqs(4, 4, 4, 25, 4))))
 
     run_engine(fake, body, max_batch_tokens=10, max_wait_ms=10)
     assert [[len(ids) for ids in b] for b in fake.batches] == [[4, 4], [4], [25], [4]]
@@ -116,7 +134,7 @@ def test_the_oldest_item_waits_at_most_max_wait_ms() -> None:
     async def body(engine):
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await asyncio.gather(*engine.submit("score", [[1]]))
+        await asyncio.gather(*engine.submit(jobs([[1]])))
         return loop.time() - t0
 
     waited, metrics = run_engine(fake, body, max_batch_sequences=64, max_wait_ms=100)
@@ -129,13 +147,13 @@ def test_queue_full_is_all_or_nothing() -> None:
     fake = FakeForward()
 
     async def body(engine):
-        first = engine.submit("score", seqs(1, 1))
+        first = engine.submit(jobs(seqs(1, 1)))
         with pytest.raises(QueueFullError):
-            engine.submit("score", seqs(1, 1, start=10))
+            engine.submit(jobs(seqs(1, 1, start=10)))
         size_after_refusal = engine.queue_size()
-        third = engine.submit("score", seqs(1, start=20))  # exactly fills the queue
+        third = engine.submit(jobs(seqs(1, start=20)))  # exactly fills the queue
         with pytest.raises(QueueFullError):
-            engine.submit("score", [[30]])
+            engine.submit(jobs([[30]]))
         return await asyncio.gather(*first, *third), size_after_refusal
 
     (results, size_after_refusal), metrics = run_engine(fake, body, max_queue=3, max_wait_ms=50)
@@ -148,15 +166,15 @@ def test_queue_full_is_all_or_nothing() -> None:
 
 def test_submit_needs_a_running_engine() -> None:
     async def main():
-        engine = BatchingEngine(FakeForward(), Metrics())
+        engine = BatchingEngine(FakeForward(), Metrics(), Settings())
         with pytest.raises(EngineStoppedError):
-            engine.submit("score", [[1]])
+            engine.submit(jobs([[1]]))
         await engine.start()
         assert engine.running
         await engine.stop()
         assert not engine.running
         with pytest.raises(EngineStoppedError):
-            engine.submit("score", [[1]])
+            engine.submit(jobs([[1]]))
 
     asyncio.run(main())
 
@@ -165,9 +183,9 @@ def test_stop_finishes_what_is_queued() -> None:
     fake = FakeForward()
 
     async def main():
-        engine = BatchingEngine(fake, Metrics(), max_wait_ms=60_000)
+        engine = BatchingEngine(fake, Metrics(), Settings(max_wait_ms=60_000))
         await engine.start()
-        futures = engine.submit("score", seqs(2, 3))
+        futures = engine.submit(jobs(seqs(2, 3)))
         await asyncio.sleep(0)
         await asyncio.wait_for(engine.stop(), 5)
         return [f.result() for f in futures]
@@ -179,7 +197,7 @@ def test_cancelled_items_are_not_computed() -> None:
     fake = FakeForward()
 
     async def body(engine):
-        futures = engine.submit("score", seqs(1, 1, 1))
+        futures = engine.submit(jobs(seqs(1, 1, 1)))
         futures[1].cancel()
         return await asyncio.gather(futures[0], futures[2])
 
@@ -194,16 +212,16 @@ def test_cancelled_items_free_their_place_in_the_queue_at_once() -> None:
     fake = FakeForward()
 
     async def body(engine):
-        old = engine.submit("score", seqs(1, 1, 1))  # fills the queue (the worker waits up to 60 s for more)
+        old = engine.submit(jobs(seqs(1, 1, 1)))  # fills the queue (the worker waits up to 60 s for more)
         with pytest.raises(QueueFullError):
-            engine.submit("score", [[9]])
+            engine.submit(jobs([[9]]))
         for f in old:
             f.cancel()
         await asyncio.sleep(0)  # the cancellation callbacks run
         size = engine.queue_size()
-        new = engine.submit("score", seqs(1, 1, 1, start=10))
+        new = engine.submit(jobs(seqs(1, 1, 1, start=10)))
         with pytest.raises(QueueFullError):
-            engine.submit("score", [[9]])
+            engine.submit(jobs([[9]]))
         return size, await asyncio.wait_for(asyncio.gather(*new), 5)
 
     (size, results), metrics = run_engine(fake, body, max_queue=3, max_batch_sequences=3, max_wait_ms=60_000)
@@ -211,3 +229,69 @@ def test_cancelled_items_free_their_place_in_the_queue_at_once() -> None:
     assert results == [10, 11, 12]
     assert fake.batches == [[[10], [11], [12]]]  # the cancelled ones were never computed
     assert parse_metrics(metrics.render().decode())[("lmserve_queue_size", frozenset())] == 0
+
+
+# --- run: the entry point (timeout, a caller that goes away, admission) ----------------------------------------
+
+
+def test_run_returns_the_results_in_order_and_tells_the_batch_size() -> None:
+    fake = FakeForward()
+    sizes: list[int] = []
+
+    async def body(engine):
+        return await engine.run(jobs(seqs(1, 3, 2)), on_batch=sizes.append)
+
+    results, _ = run_engine(fake, body, max_wait_ms=20)
+    assert results == [1, 6, 6]
+    assert sizes == [3, 3, 3]
+
+
+def test_run_past_its_timeout_drops_the_jobs() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        with pytest.raises(EngineTimeoutError, match=r"0\.05 s"):
+            await engine.run(jobs(seqs(1, 1)), timeout=0.05)
+        await asyncio.sleep(0)  # the cancellation callbacks run
+        return engine.queue_size()
+
+    size, _ = run_engine(fake, body, max_wait_ms=60_000)
+    assert size == 0
+    assert fake.batches == []  # never computed
+
+
+def test_run_for_a_caller_that_went_away_drops_the_jobs() -> None:
+    fake = FakeForward()
+    checks = 0
+
+    async def gone() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks >= 2
+
+    async def body(engine):
+        with pytest.raises(ClientGoneError):
+            await engine.run(jobs(seqs(1)), timeout=30, is_disconnected=gone)
+        await asyncio.sleep(0)  # the cancellation callbacks run
+        return engine.queue_size()
+
+    size, _ = run_engine(fake, body, max_wait_ms=60_000)
+    assert size == 0 and fake.batches == [] and checks == 2
+
+
+def test_admit_refuses_slowly_what_does_not_fit_and_lets_the_rest_through() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        loop = asyncio.get_running_loop()
+        queued = engine.submit(jobs(seqs(1, 1)))
+        await engine.admit(1)  # fits: no wait, no error
+        t0 = loop.time()
+        with pytest.raises(QueueFullError):
+            await engine.admit(2)
+        waited = loop.time() - t0
+        await asyncio.gather(*queued)
+        return waited
+
+    waited, _ = run_engine(fake, body, max_queue=3, busy_delay_ms=100, max_wait_ms=20)
+    assert waited >= 0.09

@@ -1,4 +1,4 @@
-"""GET /metrics: DESIGN.md's names, the engine's batching made visible, and counters that add up."""
+"""GET /metrics: the names of docs/architecture.md, the engine's batching made visible, counters that add up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 from service_helpers import get_metrics, metric, metric_sum, parse_metrics, run_async
 
-DESIGN_METRICS = [
+DOCUMENTED_METRICS = [
     "lmserve_requests_total",
     "lmserve_request_duration_seconds",
     "lmserve_requests_rejected_total",
@@ -39,7 +39,7 @@ def test_metrics_expose_every_name_of_the_design(client, service_ckpt) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     names = exposed_names(r.text)
-    missing = [n for n in DESIGN_METRICS if n not in names]
+    missing = [n for n in DOCUMENTED_METRICS if n not in names]
     assert not missing, f"not exposed: {missing}"
     assert names & {"process_cpu_seconds_total", "process_resident_memory_bytes"}
     samples = parse_metrics(r.text)
@@ -79,7 +79,7 @@ def test_token_oov_and_nll_counters_add_up(client) -> None:
     nll = -sum(res["logprob"] for res in results)
     assert nll > 0
     assert delta("lmserve_scored_nll_nats_total") == pytest.approx(nll, rel=1e-9, abs=1e-9)
-    # The live perplexity of DESIGN.md: exp(nll / tokens) over these requests.
+    # The live perplexity of docs/architecture.md: exp(nll / tokens) over these requests.
     assert delta("lmserve_batch_size_count") >= 2
 
 

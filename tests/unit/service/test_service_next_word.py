@@ -83,6 +83,20 @@ def test_candidates_get_their_prob_and_a_rank_consistent_with_the_top_k(client, 
     assert zebra["prob"] is None and zebra["logprob"] is None and zebra["rank"] is None
 
 
+def test_candidates_go_through_the_normaliser_of_the_text(client, service_ckpt) -> None:
+    """One token after normalisation: looked up as that token; none or several: not a single word, `oov`."""
+    candidates = ["Mr.", "5", "$", "don't", "--", "5%"]
+    (result,) = next_word(client, prefix="the", top_k=1, candidates=candidates)
+    cands = result["candidates"]
+    assert [c["word"] for c in cands] == ["mr.", "N", "$", "don't", "--", "5%"]
+    assert [c["oov"] for c in cands] == [False, False, False, True, True, True]
+    logdist = reference_next_logprobs(service_ckpt, ["the"])
+    assert cands[1]["logprob"] == pytest.approx(logdist[service_ckpt.vocab.stoi["N"]].item(), abs=1e-5)
+    assert all(c["prob"] is None and c["rank"] is None for c in cands[3:])
+    (raw,) = next_word(client, prefix="the", top_k=1, candidates=["5", "N"], normalize=False)
+    assert [(c["word"], c["oov"]) for c in raw["candidates"]] == [("5", True), ("N", False)]
+
+
 def test_a_candidate_in_the_top_k_has_the_same_rank_there(client) -> None:
     (first,) = next_word(client, prefix="the", top_k=3)
     words = [e["word"] for e in first["top_k"]]

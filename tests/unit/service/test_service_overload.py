@@ -143,12 +143,12 @@ def test_a_request_not_answered_in_time_gets_504(serve) -> None:
 def test_a_refusal_comes_before_normalising_and_after_busy_delay_ms(serve, monkeypatch) -> None:
     """Under overload a 429 must cost the server little (no text is normalised for it) and come slowly, so that
     clients retrying at once cannot spin the CPU away from the forward pass."""
-    from service.scoring import Preparer
+    from lm.encoding import SentenceEncoder
 
     with serve(max_queue=1, busy_delay_ms=300) as client:
         prepared = []
-        real = Preparer.sentence
-        monkeypatch.setattr(Preparer, "sentence", lambda self, *a: prepared.append(a) or real(self, *a))
+        real = SentenceEncoder.split
+        monkeypatch.setattr(SentenceEncoder, "split", lambda self, *a: prepared.append(a) or real(self, *a))
         t0 = time.perf_counter()
         r = client.post("/score", json={"sentences": ["the stock", "the market"]})  # 2 > max_queue
         waited = time.perf_counter() - t0

@@ -15,7 +15,7 @@ import torch
 from service_helpers import assert_envelope, get_metrics, metric, run_service_cli
 
 from lm.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from service.scoring import ModelRunner
+from service.runner import ModelRunner
 
 KEY = "s3cret-key"
 

@@ -51,7 +51,7 @@ def test_a_key_and_finite_values_are_accepted(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize(("name", "value"), [("LMSERVE_API_KEY", ""), ("LMSERVE_MAX_WAIT_MS", "inf")])
 def test_cli_refuses_a_bad_setting_in_one_line(name: str, value: str) -> None:
-    proc = run_service_cli("--port", "0", env={name: value}, timeout=30)
+    proc = run_service_cli("--port", "0", env={name: value}, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: invalid setting {name}"), proc.stderr
@@ -64,7 +64,7 @@ def test_cli_finds_a_taken_port_before_loading_the_model() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run_service_cli("--model", "/nonexistent", "--port", str(port), timeout=30)
+        proc = run_service_cli("--model", "/nonexistent", "--port", str(port), timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], proc.stderr

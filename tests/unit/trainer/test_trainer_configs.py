@@ -1,4 +1,4 @@
-"""Configurations: exactly DESIGN.md's table (Zaremba et al. / the TF tutorial), and the lr schedule."""
+"""Configurations: exactly the paper's table in docs/trainer.md (Zaremba et al.), and the lr schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from trainer.configs import CONFIGS, get_config, lr_at
 from trainer.errors import TrainerError
 
-# DESIGN.md: layers, hidden, steps, batch, init, lr, decay, decay after epoch, epochs, dropout, clip.
+# docs/trainer.md: layers, hidden, steps, batch, init, lr, decay, decay after epoch, epochs, dropout, clip.
 TABLE = {
     "small": (2, 200, 20, 20, 0.1, 1.0, 0.5, 4, 13, 0.0, 5),
     "medium": (2, 650, 35, 20, 0.05, 1.0, 0.8, 6, 39, 0.5, 5),

@@ -155,7 +155,7 @@ def test_default_data_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatc
 
 def test_real_ptb_token_counts(ptb_dir: Path, ptb_vocab: Vocabulary) -> None:
     corpus = load_corpus(ptb_dir, vocab=ptb_vocab)
-    # DESIGN.md: tokens with <eos>: train 929,589, valid 73,760, test 82,430; 42,068 training lines.
+    # docs/trainer.md: tokens with <eos>: train 929,589, valid 73,760, test 82,430; 42,068 training lines.
     assert corpus.train.numel() == 929_589
     assert corpus.valid.numel() == 73_760
     assert corpus.test.numel() == 82_430

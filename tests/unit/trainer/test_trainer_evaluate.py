@@ -40,7 +40,7 @@ def test_uniform_model_perplexity_is_the_vocabulary_size(tmp_path: Path, tiny_vo
 
 
 def test_uniform_model_over_the_real_ptb_test_split(ptb_dir: Path, ptb_vocab: Vocabulary) -> None:
-    """DESIGN.md: the test split is one stream of 82,430 tokens, every token after the first predicted once."""
+    """docs/trainer.md: the test split is one stream of 82,430 tokens, every token after the first predicted once."""
     torch.manual_seed(0)
     model = LSTMLanguageModel(ModelConfig(len(ptb_vocab), 2, 2, 1))
     model.init_weights(0.1)

@@ -1,23 +1,24 @@
-"""lm.normalize.PTBNormalizer against the real PTB vocabulary: the README's table, PTB's own text, the rules."""
+"""lm.normalize.PTBNormalizer against the real PTB vocabulary: the table of docs/normalization.md, PTB's own text,
+the rules."""
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import REPO_ROOT, ptb_data_dir
 
 from lm.normalize import PTBNormalizer, whitespace_tokens
 
-README = REPO_ROOT / "README.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "normalization.md"
 
 
 @pytest.fixture(scope="module")
-def normalizer(ptb_train_vocab) -> PTBNormalizer:
-    return PTBNormalizer(ptb_train_vocab)
+def normalizer(ptb_vocab) -> PTBNormalizer:
+    return PTBNormalizer(ptb_vocab)
 
 
 def _cells(row: str) -> list[str]:
@@ -63,17 +64,17 @@ def _code_span(cell: str) -> str | None:
     return text
 
 
-def readme_normalisation_table() -> list[tuple[str, list[str]]]:
-    """(input, expected tokens) from the table after README.md's first heading that names Normalisation."""
-    if not README.is_file():
-        pytest.fail(f"{README} does not exist yet: its Normalisation table is what this test checks")
-    lines = README.read_text(encoding="utf-8").splitlines()
+def documented_normalisation_table() -> list[tuple[str, list[str]]]:
+    """(input, expected tokens) from the table after docs/normalization.md's first heading that names Normalisation."""
+    if not DOC.is_file():
+        pytest.fail(f"{DOC} does not exist yet: its Normalisation table is what this test checks")
+    lines = DOC.read_text(encoding="utf-8").splitlines()
     start = next(
         (i for i, line in enumerate(lines) if line.startswith("#") and "normalisation" in line.lower()),
         None,
     )
     if start is None:
-        pytest.fail(f"{README}: no heading containing 'Normalisation'")
+        pytest.fail(f"{DOC}: no heading containing 'Normalisation'")
     rows: list[list[str]] = []
     for line in lines[start + 1 :]:
         if line.startswith("#"):
@@ -83,28 +84,28 @@ def readme_normalisation_table() -> list[tuple[str, list[str]]]:
         elif rows:
             break  # the table has ended
     if len(rows) < 3:
-        pytest.fail(f"{README}: no table (header, separator, rows) under the Normalisation heading")
+        pytest.fail(f"{DOC}: no table (header, separator, rows) under the Normalisation heading")
     header = [h.lower() for h in rows[0]]
     col_in = next((i for i, h in enumerate(header) if "input" in h), 0)
     col_out = next((i for i, h in enumerate(header) if "token" in h), 1)
     table = []
     for cells in rows[2:]:
         text = _code_span(cells[col_in])
-        assert text is not None, f"README Normalisation table: input {cells[col_in]!r} is not in backticks"
+        assert text is not None, f"docs/normalization.md table: input {cells[col_in]!r} is not in backticks"
         expected = _code_span(cells[col_out])
         table.append((text, expected.split() if expected is not None else []))
     return table
 
 
-def test_the_readme_normalisation_table(normalizer, ptb_train_vocab) -> None:
-    table = readme_normalisation_table()
-    assert len(table) >= 5, "the README's Normalisation table has fewer than five rows"
+def test_the_documented_normalisation_table(normalizer, ptb_vocab) -> None:
+    table = documented_normalisation_table()
+    assert len(table) >= 5, "the Normalisation table of docs/normalization.md has fewer than five rows"
     wrong = []
     for text, expected in table:
         got = normalizer(text)
-        as_scored = [t if t in ptb_train_vocab else "<unk>" for t in got]
+        as_scored = [t if t in ptb_vocab else "<unk>" for t in got]
         if expected not in (got, as_scored):
-            wrong.append(f"{text!r}: README says {expected}, the normaliser gives {got}")
+            wrong.append(f"{text!r}: the docs say {expected}, the normaliser gives {got}")
     assert not wrong, "\n".join(wrong)
 
 
@@ -150,15 +151,15 @@ def test_punctuation_around_words_is_dropped(normalizer) -> None:
     ]
 
 
-def test_words_outside_the_vocabulary_are_kept_for_the_caller(normalizer, ptb_train_vocab) -> None:
+def test_words_outside_the_vocabulary_are_kept_for_the_caller(normalizer, ptb_vocab) -> None:
     tokens = normalizer("The Zyxwv rose")
     assert tokens == ["the", "zyxwv", "rose"]
-    assert "zyxwv" not in ptb_train_vocab
+    assert "zyxwv" not in ptb_vocab
 
 
-def test_ptb_text_is_unchanged(normalizer) -> None:
+def test_ptb_text_is_unchanged(normalizer, ptb_dir) -> None:
     """Every line of the real ptb.valid.txt normalises to its own tokens (idempotent on PTB text)."""
-    valid = ptb_data_dir() / "ptb.valid.txt"
+    valid = ptb_dir / "ptb.valid.txt"
     lines = valid.read_text(encoding="utf-8").splitlines()
     assert len(lines) > 3000
     changed = [(line, normalizer(line)) for line in lines if normalizer(line) != line.split()]

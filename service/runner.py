@@ -1,0 +1,150 @@
+"""The model runner: a batch of jobs -> tensors -> one result per job. The engine's `run_batch`.
+
+It owns the model on its device and dtype, splits a batch that runs out of device memory, keeps the prefix
+state cache and refuses non-finite outputs. Each job type is a small dataclass with `ids` and `num_tokens`
+(all the engine reads), and the runner has one handler per type: a new kind of work (say, one generation step
+from a cached state) is a new job class and a new entry in `ModelRunner.handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lm.checkpoint import Checkpoint
+from lm.model import resolve_device
+from lm.scoring import TokenScores, final_states, next_from_states, score_tokens
+from service.metrics import Metrics
+from service.prefix_cache import PrefixStateCache, prefix_hashes
+from service.settings import Settings
+
+log = logging.getLogger("service.runner")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """Score every token of `ids` after the first; result: TokenScores (ranks too if `ranks`)."""
+
+    ids: list[int]  # the priming <eos> first
+    ranks: bool = False  # also each token's rank (costs one more pass over the logits)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class NextJob:
+    """The distribution of the token after `ids`; result: a float32 log-distribution Tensor (V,)."""
+
+    ids: list[int]  # the priming <eos> first
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+RunnerJob = ScoreJob | NextJob
+RunnerResult = TokenScores | Tensor
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinity: reported as an error, never returned as a number."""
+
+
+class ModelRunner:
+    """The checkpoint on its device and dtype; `run(jobs)` is the engine's forward pass."""
+
+    def __init__(self, ckpt: Checkpoint, settings: Settings, metrics: Metrics | None = None) -> None:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.ckpt = ckpt
+        self.vocab = ckpt.vocab
+        self.device = resolve_device(settings.device)
+        self.dtype = DTYPES[settings.dtype]
+        self.dtype_name = settings.dtype
+        self.model = ckpt.model.to(self.device, self.dtype).eval()
+        self.max_chunk_tokens = settings.max_chunk_tokens
+        self.prefix_cache = PrefixStateCache(settings.prefix_cache_entries)
+        self.metrics = metrics
+        # One handler per job type: all the jobs of that type in a batch -> one result each, in order.
+        self.handlers: dict[type, Callable[[list], list[RunnerResult]]] = {
+            ScoreJob: self._score,
+            NextJob: self._next,
+        }
+
+    def run(self, jobs: Sequence[RunnerJob]) -> list[RunnerResult]:
+        """One result per job, in order: TokenScores for a ScoreJob, the next-token log-distribution (V,) for a
+        NextJob.
+
+        Out of device memory, the batch is split in halves and each half retried, down to single jobs.
+        """
+        try:
+            return self._run(list(jobs))
+        except torch.OutOfMemoryError:
+            if len(jobs) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(jobs) // 2
+            log.warning(
+                "out of memory on a batch of %d sequences: retrying as %d + %d", len(jobs), half, len(jobs) - half
+            )
+            return self.run(jobs[:half]) + self.run(jobs[half:])
+
+    def _run(self, jobs: list[RunnerJob]) -> list[RunnerResult]:
+        results: list[RunnerResult | None] = [None] * len(jobs)
+        for kind, handler in self.handlers.items():
+            idx = [i for i, job in enumerate(jobs) if type(job) is kind]
+            if idx:
+                for i, result in zip(idx, handler([jobs[i] for i in idx]), strict=True):
+                    results[i] = result
+        done: list[RunnerResult] = []
+        for job, r in zip(jobs, results, strict=True):
+            if r is None:
+                raise TypeError(f"the runner has no handler for {type(job).__name__}")
+            values = r.logprobs if isinstance(r, TokenScores) else r
+            if not torch.isfinite(values).all():
+                raise NonFiniteOutputError("the model produced a non-finite log-probability")
+            done.append(r)
+        return done
+
+    def _score(self, jobs: list[ScoreJob]) -> list[TokenScores]:
+        ranks = any(job.ranks for job in jobs)
+        scores = score_tokens(self.model, [job.ids for job in jobs], self.max_chunk_tokens, ranks=ranks)
+        return [sc if job.ranks else TokenScores(sc.logprobs) for job, sc in zip(jobs, scores, strict=True)]
+
+    def _next(self, jobs: list[NextJob]) -> list[Tensor]:
+        """Next-token log-distributions; each prefix starts from the longest cached prefix's state."""
+        sequences = [job.ids for job in jobs]
+        cache = self.prefix_cache
+        hashes = [prefix_hashes(ids) if cache.max_entries else None for ids in sequences]
+        found = [cache.longest(ids, h) for ids, h in zip(sequences, hashes, strict=True)]
+        h, c = final_states(
+            self.model,
+            [ids[n:] for ids, (n, _) in zip(sequences, found, strict=True)],
+            [state for _, state in found],
+            self.max_chunk_tokens,
+        )
+        for i, ids in enumerate(sequences):
+            cache.put(ids, (h[:, i], c[:, i]), hashes[i])
+        if self.metrics is not None and cache.max_entries:
+            m = self.metrics
+            hits = sum(1 for n, _ in found if n)
+            m.prefix_cache_lookups.labels("hit").inc(hits)
+            m.prefix_cache_lookups.labels("miss").inc(len(found) - hits)
+            m.prefix_cache_tokens_reused.inc(sum(n for n, _ in found))
+            m.prefix_cache_entries.set(len(cache))
+        return list(next_from_states(self.model, h))
+
+    def warmup(self) -> None:
+        """One pass of each kind, so the first request does not pay for lazy initialisation."""
+        eos = self.vocab.eos_id
+        score_tokens(self.model, [[eos, eos, eos]], self.max_chunk_tokens, ranks=True)
+        h, _ = final_states(self.model, [[eos]], max_chunk_tokens=self.max_chunk_tokens)
+        next_from_states(self.model, h)
