@@ -45,6 +45,7 @@ class RequestObserverMiddleware:
         request_id = given.decode() if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["arrived"] = time.monotonic()  # a request's deadline counts from here (service.http.Deadline)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

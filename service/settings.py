@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1, description="largest top_k of /next-word")
     max_candidates: int = Field(100, ge=1, description="candidates per /next-word request")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body size; larger bodies get 413")
+    max_answer_words: int = Field(
+        25_600,
+        ge=1,
+        description="words one /next-word answer may list: prefixes x (top_k + candidates); "
+        "bounds the answer's size (422 beyond)",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -6,12 +6,14 @@ models' fields, with lone surrogates, pathological punctuation and wrong types.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import assert_envelope
+from service_helpers import assert_envelope, run_async
 
 JSON = {"content-type": "application/json"}
 
@@ -145,3 +147,41 @@ def test_no_well_formed_request_with_hostile_text_gets_a_5xx(client, request: tu
     assert r.status_code < 500, (body, r.text)
     if r.status_code >= 400:
         assert_envelope(r)
+
+
+def test_a_request_whose_text_takes_long_gets_its_504_on_time_and_healthz_is_answered_meanwhile(make_app) -> None:
+    """Normalising 256 sentences of 20,000 characters takes seconds: it runs off the event loop, and the
+    deadline (counted from the request's arrival) ends it at LMSERVE_REQUEST_TIMEOUT_S, not after."""
+    app = make_app(request_timeout_s=0.5)
+    heavy = {"sentences": ["(" * 2000 + "the stock market " * 500 + ")" * 2000] * 200}
+
+    async def body(client):
+        async def timed(coro):
+            start = time.perf_counter()
+            r = await coro
+            return r, time.perf_counter() - start
+
+        scoring = asyncio.ensure_future(timed(client.post("/score", json=heavy)))
+        await asyncio.sleep(0.2)  # the heavy request is being prepared
+        health = []
+        while not scoring.done():
+            health.append((await timed(client.get("/healthz")))[1])
+            await asyncio.sleep(0.05)
+        return (await scoring), health
+
+    (r, took), health = run_async(app, body)
+    error = assert_envelope(r, 504, "timeout")
+    assert "0.5 s" in error["message"]
+    assert took < 2.0, f"504 after {took:.2f} s with a 0.5 s timeout"
+    assert health and max(health) < 0.5, f"/healthz took up to {max(health):.3f} s"
+
+
+def test_an_answer_of_too_many_words_is_refused_up_front(client) -> None:
+    """256 prefixes x (top_k 100 + 100 candidates): a 7 KB request asking for a 5 MB answer."""
+    body = {"prefixes": ["the"] * 256, "top_k": 100, "candidates": ["stock"] * 100}
+    error = assert_envelope(client.post("/next-word", json=body), 422, "limit_exceeded")
+    assert error["details"] == {"limit": "max_answer_words", "value": 51_200, "max": 25_600}
+    assert "fewer prefixes" in error["message"]
+    body = {"prefixes": ["the"] * 128, "top_k": 100, "candidates": ["stock"] * 100}  # 25,600: the limit
+    r = client.post("/next-word", json=body)
+    assert r.status_code == 200 and len(r.json()["results"]) == 128
