@@ -138,7 +138,8 @@ def install_error_handlers(
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        _count(request, exc.status, exc.code)
+        if not getattr(exc, "counted", False):
+            _count(request, exc.status, exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(EngineError)

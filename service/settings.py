@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1, description="largest top_k of /next-word")
     max_candidates: int = Field(100, ge=1, description="candidates per /next-word request")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body size; larger bodies get 413")
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=HOUR_S, description="a request body of which nothing more comes for this long gets 408"
+    )
     max_answer_words: int = Field(
         25_600,
         ge=1,

@@ -16,6 +16,7 @@ from lm.scoring import LN10, TokenScores, perplexity
 from service.errors import ERROR_RESPONSES, APIError
 from service.http import Deadline, Ready, json_body, run_jobs
 from service.limits import Limits
+from service.middleware import KEYED, GuardedRoute
 from service.runner import NextJob, ScoreJob
 from service.schemas import (
     NextWordRequest,
@@ -27,10 +28,10 @@ from service.schemas import (
     WordProb,
 )
 
-router = APIRouter(tags=["scoring"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["scoring"], responses=ERROR_RESPONSES, route_class=GuardedRoute)
 
 
-@router.post("/score", response_model=ScoreResponse)
+@router.post("/score", response_model=ScoreResponse, openapi_extra=KEYED)
 async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     """Log-probability and perplexity of each sentence (`<eos>`-primed; natural log unless log10)."""
     texts = [body.text] if body.text is not None else body.sentences
@@ -51,7 +52,7 @@ async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     return await deadline.off_loop(lambda: json_body(ScoreResponse(model=state.ckpt.name, results=results)))
 
 
-@router.post("/next-word", response_model=NextWordResponse)
+@router.post("/next-word", response_model=NextWordResponse, openapi_extra=KEYED)
 async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Response:
     """The most probable next words after each prefix (empty = sentence start), and the candidates' odds."""
     # The default top_k serves under any max_top_k; only a top_k the client asked for can exceed it.

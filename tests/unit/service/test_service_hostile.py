@@ -13,7 +13,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import assert_envelope, run_async
+from service_helpers import assert_envelope, metric, parse_metrics, run_async
 
 JSON = {"content-type": "application/json"}
 
@@ -185,3 +185,74 @@ def test_an_answer_of_too_many_words_is_refused_up_front(client) -> None:
     body = {"prefixes": ["the"] * 128, "top_k": 100, "candidates": ["stock"] * 100}  # 25,600: the limit
     r = client.post("/next-word", json=body)
     assert r.status_code == 200 and len(r.json()["results"]) == 128
+
+
+def _raw_post(app, path: str, chunks: list[dict], headers: list | None = None) -> tuple[int | None, dict]:
+    """One POST straight into the ASGI app, its body as the given receive() messages, then silence."""
+
+    async def main():
+        sent: dict = {}
+        queue = list(chunks)
+
+        async def receive():
+            if queue:
+                return queue.pop(0)
+            await asyncio.sleep(3600)  # a stalled client
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+            "client": ("127.0.0.1", 1234),
+            "server": ("test", 80),
+        }
+        async with app.router.lifespan_context(app):
+            await asyncio.wait_for(app(scope, receive, send), 30)
+        return sent.get("status"), parse_metrics(app.state.metrics.render().decode())
+
+    return asyncio.run(main())
+
+
+def test_a_stalled_upload_gets_408_after_the_body_timeout(make_app) -> None:
+    app = make_app(body_timeout_s=0.3)
+    start = time.perf_counter()
+    status, samples = _raw_post(app, "/score", [{"type": "http.request", "body": b'{"text": "th', "more_body": True}])
+    assert status == 408 and time.perf_counter() - start < 10
+    assert metric(samples, "lmserve_requests_rejected_total", endpoint="/score", reason="body_timeout") == 1
+
+
+def test_a_client_that_hangs_up_mid_upload_is_counted_499_not_500(make_app) -> None:
+    chunks = [{"type": "http.request", "body": b'{"text": "th', "more_body": True}, {"type": "http.disconnect"}]
+    status, samples = _raw_post(make_app(), "/score", chunks)
+    assert status in (None, 499)  # nobody is there to read it
+    assert metric(samples, "lmserve_requests_total", endpoint="/score", code="499") == 1
+    assert metric(samples, "lmserve_requests_total", endpoint="/score", code="500") == 0
+    assert metric(samples, "lmserve_requests_rejected_total", endpoint="/score", reason="client_closed") == 1
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/nowhere", "/model"])
+def test_a_route_that_takes_no_body_never_reads_one(make_app, path: str) -> None:
+    """A stalled 4 MB upload to a route without a body (or to no route) is answered at once, unread."""
+    chunks = [{"type": "http.request", "body": b"x" * 1000, "more_body": True}]
+    status, _ = _raw_post(make_app(), path, chunks, [(b"content-length", b"4194303")])
+    assert status in (200, 404, 405)
+
+
+def test_the_key_is_checked_before_the_body_is_read(make_app) -> None:
+    """No key: 401 at once, though the body has not finished (nor would it ever)."""
+    chunks = [{"type": "http.request", "body": b"x" * 1000, "more_body": True}]
+    app = make_app(api_key="s3cret", body_timeout_s=30)
+    start = time.perf_counter()
+    status, _ = _raw_post(app, "/score", chunks, [(b"content-length", b"4194303")])
+    assert status == 401 and time.perf_counter() - start < 10
