@@ -75,6 +75,12 @@ def serve(settings: Settings) -> None:
         access_log=False,  # service.access logs one JSON line per request instead
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         log_config=None,
+        # X-Forwarded-For only from the proxies named (uvicorn's default trusts any local peer's).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
+        # h11 bounds what one request's head may hold in memory (httptools does not): a 40 MB header is refused.
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         description="on SIGTERM, serve this long with /readyz at 503 before closing (load balancers)",
     )
 
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (the access "
+        "log's client); empty: nobody's",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request line and headers at most; beyond: 400, closed"
+    )
+
     # Access
     api_key: SecretStr | None = Field(None, description="if set, /score, /next-word and /model need this bearer key")
     metrics_require_key: bool = Field(False, description="put /metrics behind the API key too")
