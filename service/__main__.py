@@ -78,9 +78,6 @@ def serve(settings: Settings) -> None:
         # X-Forwarded-For only from the proxies named (uvicorn's default trusts any local peer's).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
-        # h11 bounds what one request's head may hold in memory (httptools does not): a 40 MB header is refused.
-        http="h11",
-        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 

@@ -76,4 +76,9 @@ async def run_jobs(request: Request, jobs: Sequence[Any], deadline: Deadline | N
 
     engine = request.app.state.engine
     timeout = deadline.left() if deadline is not None else None
-    return await engine.run(jobs, timeout=timeout, is_disconnected=request.is_disconnected, on_batch=on_batch)
+    try:
+        return await engine.run(jobs, timeout=timeout, is_disconnected=request.is_disconnected, on_batch=on_batch)
+    except EngineTimeoutError:
+        if deadline is None:
+            raise
+        raise EngineTimeoutError(deadline.timeout) from None  # the request's timeout, not what was left of it

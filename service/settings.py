@@ -49,9 +49,6 @@ class Settings(BaseSettings):
         description="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (the access "
         "log's client); empty: nobody's",
     )
-    max_header_bytes: int = Field(
-        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request line and headers at most; beyond: 400, closed"
-    )
 
     # Access
     api_key: SecretStr | None = Field(None, description="if set, /score, /next-word and /model need this bearer key")

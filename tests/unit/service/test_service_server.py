@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-from urllib.parse import urlparse
 
 import httpx
 from service_helpers import start_server
 
 
-def test_forwarded_for_is_not_believed_from_an_unnamed_proxy_and_huge_headers_are_refused(
-    service_ckpt, tmp_path
-) -> None:
+def test_forwarded_for_is_not_believed_from_an_unnamed_proxy(service_ckpt, tmp_path) -> None:
     log_path = tmp_path / "access.log"
     with log_path.open("w") as log_file:
         proc, base = start_server(service_ckpt.path, stdout=log_file)
     try:
         r = httpx.get(base + "/healthz", headers={"X-Forwarded-For": "<script>alert(1)</script>"}, timeout=30)
         assert r.status_code == 200
-        # 200 KB of headers, never finished: refused and closed, the server unharmed.
-        url = urlparse(base)
-        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
-            answer = sock.recv(1024)
-        assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:100]
-        assert httpx.get(base + "/healthz", timeout=30).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
