@@ -57,7 +57,8 @@ k8s-validate: install
 ray-test: install
 	PY=$(PY) deploy/ray/test-cluster.sh
 
-wheels:
+# The venv's pip builds the wheels: made first in a fresh clone.
+wheels: install
 	PYTHON=$(PY) docker/airgap/make-wheelhouse.sh
 
 LINT := lm trainer service tests benchmarks deploy docker tools

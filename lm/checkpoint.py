@@ -6,13 +6,16 @@ lm/tokenizers.py); a version-1 file has a full softmax and PTB's tokenizer.
 
 Loading never unpickles: the weights are safetensors, everything else is JSON or text. The loader checks the
 sha256 of the weights file, every tensor's name and shape against the config, and the vocabulary size, and
-raises `CheckpointError` naming the file and what is wrong.
+raises `CheckpointError` naming the file and what is wrong. The vocabulary is checked against its own
+sha256 (`vocab_sha256`): two swapped lines would otherwise serve wrong numbers silently. A checkpoint
+written before that field existed still loads, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -30,6 +33,8 @@ READABLE_FORMATS = ("lstm-lm/1", FORMAT)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"
+
+log = logging.getLogger("lm.checkpoint")
 
 
 class CheckpointError(Exception):
@@ -52,11 +57,17 @@ class Checkpoint:
 
     @property
     def metrics(self) -> dict:
-        return self.meta.get("metrics", {})
+        """config.json's `metrics` ({} where it is missing, null or not an object)."""
+        return _object(self.meta.get("metrics"))
 
     @property
     def training(self) -> dict:
-        return self.meta.get("training", {})
+        """config.json's `training` ({} where it is missing, null or not an object)."""
+        return _object(self.meta.get("training"))
+
+
+def _object(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -91,6 +102,7 @@ def write_checkpoint_files(
         "training": training or {},
         "metrics": metrics or {},
         "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
+        "vocab_sha256": sha256_file(directory / VOCAB_FILE),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -129,7 +141,7 @@ def update_metrics(path: str | Path, metrics: dict) -> None:
     """Merge `metrics` into a checkpoint's config.json (the weights are untouched)."""
     cfg_path = Path(path) / CONFIG_FILE
     meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    meta["metrics"] = {**_object(meta.get("metrics")), **metrics}
     tmp = cfg_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, cfg_path)
@@ -197,6 +209,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     vocab_path = path / VOCAB_FILE
     if not vocab_path.is_file():
         raise CheckpointError(f"{vocab_path}: missing")
+    _check_vocab_digest(vocab_path, meta.get("vocab_sha256"))
     try:
         vocab = Vocabulary.load(vocab_path)
     except VocabularyError as e:
@@ -208,3 +221,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     model.load_state_dict(tensors)
     model.eval()
     return Checkpoint(path=path, model=model, vocab=vocab, config=config, meta=meta)
+
+
+def _check_vocab_digest(vocab_path: Path, recorded: object) -> None:
+    """Refuse a vocab.txt that is not the one the weights were trained with (reordered, re-encoded, edited)."""
+    if recorded is None:
+        log.warning("%s: config.json records no vocab_sha256; the vocabulary cannot be verified", vocab_path)
+        return
+    digest = sha256_file(vocab_path)
+    if digest != recorded:
+        raise CheckpointError(
+            f"{vocab_path}: sha256 {digest[:12]}... does not match config.json's vocab_sha256 "
+            f"{str(recorded)[:12]}... (edited, reordered or re-encoded: ids would map to the wrong words)"
+        )

@@ -45,73 +45,152 @@ _TRANSLATE = str.maketrans(
 _LEADING = set("\"'([{<")
 _TRAILING = set("\"')]}>,.;:!?")
 _NUMBER = re.compile(r"^[+-]?(\d[\d,]*(\.\d+)?|\.\d+|\d+(\\?/)\d+)$")
+_NUMBER_CHARS = frozenset("0123456789+-,./\\")
 _CURRENCY = ("us$", "c$", "a$", "$", "#")
+_CURRENCY_FIRST = frozenset(sign[0] for sign in _CURRENCY)
 _CLITICS = ("'s", "'re", "'ve", "'ll", "'d", "'m")
 NUM = "N"
 
 
 class PTBNormalizer:
-    """Callable: `normalizer(text) -> list[str]` of PTB-style tokens (possibly outside the vocabulary)."""
+    """Callable: `normalizer(text) -> list[str]` of PTB-style tokens (possibly outside the vocabulary).
+
+    Linear in the length of the text, whatever it holds: a word is walked with two indices, never re-sliced
+    or re-scanned per character peeled, and only substrings no longer than the vocabulary's longest token are
+    looked up (a 20,000-character run of brackets costs what 20,000 letters cost).
+    """
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
+        self.longest = max(map(len, vocab.itos))
 
     def __call__(self, text: str) -> list[str]:
         text = unicodedata.normalize("NFKC", text).translate(_TRANSLATE)
         tokens: list[str] = []
         for word in text.split():
             # PTB's own `N` stays `N`, so already-normalised PTB text comes through unchanged.
-            tokens.extend([NUM] if word == NUM else self._word(word.lower()))
+            tokens.extend([NUM] if word == NUM else _Word(word.lower(), self).tokens())
         return tokens
 
-    def _known(self, w: str) -> bool:
-        return w in self.vocab.stoi
 
-    def _strip(self, w: str) -> str:
+class _Word:
+    """One lower-cased word being split into tokens; `w[lo:hi]` is what is left of it.
+
+    The word is walked with two indices: each step peels something off (punctuation, a currency sign, a
+    suffix) in O(1) per character peeled, and nothing is looked up that is longer than a vocabulary token.
+    """
+
+    def __init__(self, w: str, normalizer: PTBNormalizer) -> None:
+        self.w, self.longest, self.stoi = w, normalizer.longest, normalizer.vocab.stoi
+        # other[k]: characters before k that are not punctuation, resp. cannot be part of a number, so that
+        # "is w[a:b] all punctuation / number characters?" costs O(1).
+        self.nonpunct, self.nonnumber = [0], [0]
+        for c in w:
+            self.nonpunct.append(self.nonpunct[-1] + (not _is_punct(c)))
+            self.nonnumber.append(self.nonnumber[-1] + (c not in _NUMBER_CHARS))
+
+    def known(self, lo: int, hi: int) -> bool:
+        return hi - lo <= self.longest and self.w[lo:hi] in self.stoi
+
+    def possessive_end(self, lo: int, hi: int) -> bool:
+        """`w[lo:hi]` ends in a plural possessive ("funds'"), whose apostrophe is a token, not punctuation."""
+        return hi - lo > 2 and self.w[hi - 1] == "'" and self.w[hi - 2] == "s"
+
+    def tokens(self) -> list[str]:
+        """Leading currency signs, one core token (or none), then the suffixes peeled off the end."""
+        w, lo, hi = self.w, 0, len(self.w)
+        head: list[str] = []
+        tail: list[str] = []  # suffixes, last first
+        while True:
+            if self.known(lo, hi):
+                return [*head, w[lo:hi], *reversed(tail)]
+            lo, hi = self.strip(lo, hi)
+            core = self.single(lo, hi)
+            if core is not None:
+                return [*head, *core, *reversed(tail)]
+            sign = self.currency(lo, hi)
+            if sign is not None:
+                head.append(sign)
+                lo += len(sign)
+                continue
+            suffix = self.suffix(lo, hi)
+            if suffix is None:
+                return [*head, w[lo:hi], *reversed(tail)]
+            tail.append(suffix)
+            hi -= 1 if suffix == NUM else len(suffix)
+
+    def strip(self, lo: int, hi: int) -> tuple[int, int]:
         """Peel punctuation off both ends, stopping where the vocabulary holds the word (`corp.`, `'80s`)."""
-        leading = len(w) - len(w.lstrip("".join(_LEADING)))
-        for i in range(leading + 1):
-            core = w[i:]
-            while core:
-                if self._known(core):
-                    return core
-                if core[-1] not in _TRAILING or (core.endswith("s'") and len(core) > 2):
-                    break
-                core = core[:-1]
-        core = w[leading:]
+        w = self.w
+        if lo == hi or (w[lo] not in _LEADING and w[hi - 1] not in _TRAILING):
+            return lo, hi  # nothing to peel (the common case)
+        leading = lo
+        while leading < hi and w[leading] in _LEADING:
+            leading += 1
+        # Peeling the end stops after the last character that is not trailing punctuation, or one further at
+        # a plural possessive's apostrophe.
+        last = hi
+        while last > lo and w[last - 1] in _TRAILING:
+            last -= 1
+        for i in range(lo, leading + 1):
+            stop = last + 1 if last < hi and self.possessive_end(i, last + 1) else last
+            # Longest first, from the end down to where peeling stops; only lengths a token can have.
+            for j in range(min(hi, i + self.longest), max(stop, i + 1) - 1, -1):
+                if self.known(i, j):
+                    return i, j
         # A plural possessive keeps its apostrophe ("funds'" -> funds '), other trailing punctuation goes.
-        while core and core[-1] in _TRAILING and not (core.endswith("s'") and len(core) > 2):
-            core = core[:-1]
-        return core
+        j = hi
+        while j > leading and w[j - 1] in _TRAILING and not self.possessive_end(leading, j):
+            j -= 1
+        return leading, j
 
-    def _word(self, w: str) -> list[str]:
-        if self._known(w):
-            return [w]
-        w = self._strip(w)
-        if not w or self._known(w):
-            return [w] if w else []
-        escaped = w.replace("/", "\\/").replace("*", "\\*")
-        if escaped != w and self._known(escaped):
-            return [escaped]
-        if w == "%":
+    def single(self, lo: int, hi: int) -> list[str] | None:
+        """The tokens of a stripped `w[lo:hi]` that is one token or none (known, `%`, punctuation, a number);
+        None when something can still be peeled off it."""
+        w = self.w
+        if lo == hi:
+            return []
+        if self.known(lo, hi):
+            return [w[lo:hi]]
+        if hi - lo <= self.longest:
+            escaped = w[lo:hi].replace("/", "\\/").replace("*", "\\*")
+            if escaped != w[lo:hi] and escaped in self.stoi:
+                return [escaped]
+        if hi - lo == 1 and w[lo] == "%":
             return [NUM]
-        if all(_is_punct(c) for c in w) and w not in _CURRENCY:
+        if self.nonpunct[hi] == self.nonpunct[lo] and w[lo:hi] not in _CURRENCY:
             return []  # `--`, `...`, `-`: PTB dropped these
-        for sign in _CURRENCY:
-            if w.startswith(sign) and len(w) > len(sign) and (w[len(sign)].isdigit() or w[len(sign)] == "."):
-                return [sign, *self._word(w[len(sign) :])]
-        if w.endswith("%") and len(w) > 1:
-            return [*self._word(w[:-1]), NUM]
-        if _NUMBER.match(w):
+        if w[hi - 1] == "%" or self.currency(lo, hi) is not None:
+            return None
+        # Only a run of number characters can be a number: the regex runs at most once per word.
+        if self.nonnumber[hi] == self.nonnumber[lo] and _NUMBER.match(w[lo:hi]):
             return [NUM]
-        if w.endswith("n't") and len(w) > 3:
-            return [*self._word(w[:-3]), "n't"]
+        return None
+
+    def currency(self, lo: int, hi: int) -> str | None:
+        """The currency sign `w[lo:hi]` starts with when it is an amount (`$30`, `c$.5`), else None."""
+        w = self.w
+        if w[lo] not in _CURRENCY_FIRST:
+            return None
+        for sign in _CURRENCY:
+            k = lo + len(sign)
+            if hi > k and w.startswith(sign, lo) and (w[k].isdigit() or w[k] == "."):
+                return sign
+        return None
+
+    def suffix(self, lo: int, hi: int) -> str | None:
+        """What comes off the end of `w[lo:hi]` as its own token: `%` (as N), a clitic, a possessive's '."""
+        w = self.w
+        if w[hi - 1] == "%" and hi - lo > 1:
+            return NUM
+        if w.endswith("n't", lo, hi) and hi - lo > 3:
+            return "n't"
         for clitic in _CLITICS:
-            if w.endswith(clitic) and len(w) > len(clitic):
-                return [*self._word(w[: -len(clitic)]), clitic]
-        if w.endswith("s'") and len(w) > 2:
-            return [*self._word(w[:-1]), "'"]
-        return [w]
+            if w.endswith(clitic, lo, hi) and hi - lo > len(clitic):
+                return clitic
+        if self.possessive_end(lo, hi):
+            return "'"
+        return None
 
 
 def _is_punct(c: str) -> bool:

@@ -62,6 +62,8 @@ class Vocabulary:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise VocabularyError(f"{path}: cannot read vocabulary ({e})") from e
+        if text.startswith("\ufeff"):
+            raise VocabularyError(f"{path}: starts with a byte-order mark (U+FEFF); save it as UTF-8 without one")
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()

@@ -10,12 +10,15 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from lm.checkpoint import CheckpointError, load_checkpoint
-from service.settings import Settings
+from service.metrics import prepare_multiprocess
+from service.settings import Settings, settings_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[f"LMSERVE_{name.upper()}"] = str(value)
     try:
         settings = Settings()
-    except ValueError as e:
-        print(f"error: invalid settings: {e}", file=sys.stderr)
+    except ValidationError as e:
+        print(f"error: {settings_error(e)}", file=sys.stderr)
+        return 2
+    # A taken port is found in a millisecond, not after the model has loaded.
+    problem = bind_problem(settings.host, settings.port)
+    if problem is not None:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {problem}", file=sys.stderr)
         return 2
     try:
         load_checkpoint(settings.model)  # a bad checkpoint ends here with one line, before uvicorn starts
@@ -47,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the SIGTERM it handled once it has finished the requests in flight: that stop is the
     # normal end of a server, exit code 0 (not the default action's 143).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    cleanup_metrics = prepare_multiprocess(settings.workers)
+    try:
+        serve(settings)
+    finally:
+        cleanup_metrics()
+    return 0
+
+
+def serve(settings: Settings) -> None:
+    """uvicorn, in this process or as the supervisor of `settings.workers` worker processes."""
     uvicorn.run(
         "service.app:create_app_from_env",
         factory=True,
@@ -57,8 +75,28 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # service.access logs one JSON line per request instead
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         log_config=None,
+        # X-Forwarded-For only from the proxies named (uvicorn's default trusts any local peer's).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
-    return 0
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port (in use, no such address), or None; binds as uvicorn does."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return str(e)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
 
 
 def configure_logging(level: str) -> None:

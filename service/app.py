@@ -21,12 +21,13 @@ from fastapi.staticfiles import StaticFiles
 from lm.checkpoint import load_checkpoint
 from lm.encoding import SentenceEncoder
 from service.adapters import native, openai
+from service.docs import declare_security, install_docs
 from service.engine import BatchingEngine
 from service.errors import install_error_handlers, not_ready
 from service.http import Ready
 from service.limits import Limits
 from service.metrics import CONTENT_TYPE, Metrics
-from service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestObserverMiddleware, endpoint_of
+from service.middleware import KEYED, Guard, GuardedRoute, RequestObserverMiddleware, endpoint_of
 from service.runner import ModelRunner
 from service.schemas import ErrorResponse
 from service.settings import Settings
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "All log-probabilities are natural logs unless the field says log10."
         ),
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves Swagger UI from the package, not from a CDN
+        redoc_url=None,
     )
     app.state.settings, app.state.metrics, app.state.limits = settings, metrics, limits
     app.state.ready, app.state.draining = False, False
@@ -67,14 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.rejected.labels(endpoint_of(request.scope), reason).inc()
 
     install_error_handlers(app, on_reject, settings.retry_after_s)
-    # Outermost last: observe (metrics, request id, log) -> API key -> body size -> the app.
-    app.add_middleware(BodyLimitMiddleware, limits=limits, metrics=metrics)
-    if settings.api_key is not None:
-        protected = {"/score", "/next-word", "/model", *openai.PATHS}
-        protected |= {"/metrics"} if settings.metrics_require_key else set()
-        app.add_middleware(
-            AuthMiddleware, key=settings.api_key.get_secret_value(), protected=protected, metrics=metrics
-        )
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    app.state.guard = Guard(limits, metrics, key, settings.body_timeout_s)
+    app.router.route_class = GuardedRoute  # every API route applies the guard its declaration asks for
     app.add_middleware(RequestObserverMiddleware, metrics=metrics)
 
     for adapter in ADAPTERS:
@@ -92,11 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["operations"],
         response_class=PlainTextResponse,
         responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+        openapi_extra=KEYED if settings.metrics_require_key else None,
     )
-    app.add_api_route("/model", model_info, methods=["GET"], tags=["operations"])
+    app.add_api_route("/model", model_info, methods=["GET"], tags=["operations"], openapi_extra=KEYED)
 
+    install_docs(app)
     generate = app.openapi
-    app.openapi = lambda: limits.document(generate())  # type: ignore[method-assign]
+    keyed = settings.api_key is not None
+    app.openapi = lambda: declare_security(limits.document(generate()), keyed)  # type: ignore[method-assign]
     return app
 
 

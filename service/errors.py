@@ -3,7 +3,9 @@ answer."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -100,9 +102,50 @@ def _jsonable_errors(errors: list[dict]) -> list[dict]:
     """FastAPI's validation errors, reduced to what a client can use (no echo of huge inputs, no objects)."""
     out = []
     for e in errors:
-        item = {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        item = {"loc": [str(p) for p in e.get("loc", ())], "msg": msg, "type": e.get("type")}
         out.append(item)
     return out
+
+
+def _body_fields(request: Request) -> dict[str, str]:
+    """The fields of the route's request body: name -> "list" (of strings) or "string" or "other"."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    fields = getattr(model, "model_fields", None) or {}
+
+    def kind(annotation: Any) -> str:
+        args = {a for a in typing.get_args(annotation) if a is not type(None)} or {annotation}
+        if any(typing.get_origin(a) is list for a in args):
+            return "list"
+        return "string" if str in args else "other"
+
+    return {name: kind(f.annotation) for name, f in fields.items()}
+
+
+def _hint(request: Request, error: dict, given: Any) -> str | None:
+    """What to do about a validation error, where the error alone does not say it."""
+    loc = [p for p in error["loc"] if p != "body"]
+    fields = _body_fields(request)
+    if error["type"] == "extra_forbidden" and len(loc) == 1:
+        close = difflib.get_close_matches(loc[0], fields, n=1, cutoff=0.6)
+        return f"did you mean `{close[0]}`?" if close else "the fields are " + ", ".join(f"`{f}`" for f in fields)
+    if not loc and error["type"] in ("model_attributes_type", "dict_type", "model_type"):
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type.split(";")[0]:
+            return "send the body as JSON with the header `content-type: application/json`"
+        return "the body must be a JSON object with the fields " + ", ".join(f"`{f}`" for f in fields)
+    if len(loc) == 1 and loc[0] in fields:
+        # One string where a list was expected, or the reverse: point at the field that takes it.
+        wanted = {"string_type": "list", "list_type": "string"}.get(error["type"])
+        if not isinstance(given, {"list": list, "string": str}.get(wanted, type(None))) or given is None:
+            return None
+        others = [f for f, k in fields.items() if k == wanted]
+        if others:
+            best = difflib.get_close_matches(loc[0], others, n=1, cutoff=0) or others
+            what = "a list of strings" if wanted == "list" else "one string"
+            return f"{what} goes in `{best[0]}`"
+    return None
 
 
 def install_error_handlers(
@@ -116,7 +159,8 @@ def install_error_handlers(
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        _count(request, exc.status, exc.code)
+        if not getattr(exc, "counted", False):
+            _count(request, exc.status, exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(EngineError)
@@ -126,6 +170,7 @@ def install_error_handlers(
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = _jsonable_errors(exc.errors())
+        raw = exc.errors()[0] if exc.errors() else {}
         first = errors[0] if errors else {"loc": [], "msg": "invalid request", "type": None}
         _count(request, 422, "invalid_request")
         if first["type"] == "json_invalid":
@@ -133,7 +178,9 @@ def install_error_handlers(
             return error_response(422, "invalid_json", f"the body is not valid JSON (error at character {where})")
         where = ".".join(p for p in first["loc"] if p != "body") or "body"
         param = where if where != "body" else None
-        return error_response(422, "invalid_request", f"{where}: {first['msg']}", errors, param=param)
+        message = f"{where}: {first['msg']}"
+        hint = _hint(request, first, raw.get("input"))
+        return error_response(422, "invalid_request", f"{message}; {hint}" if hint else message, errors, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -1,14 +1,22 @@
-"""What every route shares: the readiness dependency and the call of the engine on behalf of a request."""
+"""What every route shares: the readiness dependency, the request's deadline, and the call of the engine on
+behalf of a request."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from pydantic import BaseModel
 from starlette.datastructures import State
+from starlette.responses import Response
 
+from service.engine import EngineTimeoutError
 from service.errors import not_ready
+
+T = TypeVar("T")
 
 
 def ready(request: Request) -> State:
@@ -23,7 +31,41 @@ def ready(request: Request) -> State:
 Ready = Annotated[State, Depends(ready)]  # a route's parameter `state: Ready`: the collaborators, or 503
 
 
-async def run_jobs(request: Request, jobs: Sequence[Any]) -> list[Any]:
+class Deadline:
+    """`request_timeout_s` from the moment the request arrived (the access-log middleware notes it), over
+    everything the request costs: preparing its text, waiting in the queue, building its answer.
+
+    The request's own CPU work (normalising, building a large answer) runs in a worker thread, so that the
+    event loop keeps answering `/healthz` and refusing overload at once; past the deadline the client gets its
+    504 on time, and the thread's result is dropped.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.timeout = request.app.state.settings.request_timeout_s
+        arrived = getattr(request.state, "arrived", None)
+        self.end = (time.monotonic() if arrived is None else arrived) + self.timeout
+
+    def left(self) -> float:
+        """Seconds left; EngineTimeoutError (504) when none are."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise EngineTimeoutError(self.timeout)
+        return left
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """`work()` in a worker thread, within the deadline."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(work), self.left())
+        except TimeoutError:
+            raise EngineTimeoutError(self.timeout) from None
+
+
+def json_body(model: BaseModel) -> Response:
+    """A response model as JSON bytes, serialised where it is called (in a worker thread, by `off_loop`)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+async def run_jobs(request: Request, jobs: Sequence[Any], deadline: Deadline | None = None) -> list[Any]:
     """The engine's results for `jobs`, on behalf of `request`: dropped if its client goes away, the number of
     sequences and the largest batch they ran in noted for the access log."""
     request.state.sequences = len(jobs)
@@ -33,4 +75,10 @@ async def run_jobs(request: Request, jobs: Sequence[Any]) -> list[Any]:
         request.state.batch_size = max(request.state.batch_size, n)
 
     engine = request.app.state.engine
-    return await engine.run(jobs, is_disconnected=request.is_disconnected, on_batch=on_batch)
+    timeout = deadline.left() if deadline is not None else None
+    try:
+        return await engine.run(jobs, timeout=timeout, is_disconnected=request.is_disconnected, on_batch=on_batch)
+    except EngineTimeoutError:
+        if deadline is None:
+            raise
+        raise EngineTimeoutError(deadline.timeout) from None  # the request's timeout, not what was left of it

@@ -22,7 +22,7 @@ def limit_exceeded(limit: str, message: str, value: int, maximum: int, status: i
 
 class Limits:
     """The request limits of `Settings` (max_sentences, max_chars, max_tokens, max_top_k, max_candidates,
-    max_body_bytes) and their checks."""
+    max_body_bytes, max_answer_words) and their checks."""
 
     def __init__(self, settings: Settings) -> None:
         self.max_sentences = settings.max_sentences
@@ -32,6 +32,7 @@ class Limits:
         self.max_new_tokens = settings.max_new_tokens
         self.max_candidates = settings.max_candidates
         self.max_body_bytes = settings.max_body_bytes
+        self.max_answer_words = settings.max_answer_words
 
     def check_count(self, n: int, what: str) -> None:
         """Sentences (or prefixes) in one request: at least one, at most max_sentences."""
@@ -78,6 +79,19 @@ class Limits:
             n = len(candidates)
             raise limit_exceeded(
                 "max_candidates", f"{n} candidates; at most {self.max_candidates}", n, self.max_candidates
+            )
+
+    def check_answer_words(self, prefixes: int, top_k: int, candidates: int) -> None:
+        """The words a /next-word answer lists, prefixes x (top_k + candidates): at most max_answer_words, so
+        that a few kilobytes of request cannot ask for megabytes of answer."""
+        n = prefixes * (top_k + candidates)
+        if n > self.max_answer_words:
+            raise limit_exceeded(
+                "max_answer_words",
+                f"{prefixes} prefixes x (top_k {top_k} + {candidates} candidates) = {n:,} words in the answer; "
+                f"at most {self.max_answer_words:,}: ask for fewer prefixes, a smaller top_k or fewer candidates",
+                n,
+                self.max_answer_words,
             )
 
     def body_too_large(self, size: int) -> APIError:

@@ -1,7 +1,18 @@
 """Prometheus metrics (the names docs/architecture.md lists), one registry per app so that several apps can live
-in one process."""
+in one process.
+
+With several worker processes (`--workers N`), every scrape must see all of them, whichever worker answers:
+prometheus-client's multiprocess mode, where each process writes its values to files in
+`PROMETHEUS_MULTIPROC_DIR` and a scrape adds them up. `python -m service` sets that directory up.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -10,6 +21,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -22,6 +34,25 @@ SIZE_BUCKETS = tuple(float(2**k) for k in range(11))  # 1 .. 1024 sequences
 TOKEN_BUCKETS = tuple(float(2**k) for k in range(4, 19))  # 16 .. 262144 padded tokens
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess(workers: int) -> Callable[[], None]:
+    """Before the workers start: with more than one, a directory for their metric files (the operator's
+    `PROMETHEUS_MULTIPROC_DIR`, emptied of a previous run's files, or a new temporary one). Returns what to
+    call once the server has stopped (it removes a temporary directory)."""
+    if workers <= 1:
+        return lambda: None
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return lambda: None
+    directory = Path(tempfile.mkdtemp(prefix="lmserve-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return lambda: shutil.rmtree(directory, ignore_errors=True)
 
 
 class Metrics:
@@ -29,9 +60,11 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        if not self.multiprocess:  # per-process figures that cannot be added up across workers
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         p = "lmserve_"
         self.requests = Counter(p + "requests", "HTTP requests answered", ["endpoint", "code"], registry=r)
         self.request_duration = Histogram(
@@ -47,7 +80,9 @@ class Metrics:
             ["endpoint", "reason"],
             registry=r,
         )
-        self.queue_size = Gauge(p + "queue_size", "Sequences waiting for a forward pass", registry=r)
+        self.queue_size = Gauge(
+            p + "queue_size", "Sequences waiting for a forward pass", registry=r, multiprocess_mode="livesum"
+        )
         self.queue_wait = Histogram(
             p + "queue_wait_seconds", "Time a sequence waited in the queue", buckets=DURATION_BUCKETS, registry=r
         )
@@ -75,12 +110,25 @@ class Metrics:
         self.prefix_cache_tokens_reused = Counter(
             p + "prefix_cache_tokens_reused", "Prefix tokens not re-run thanks to the state cache", registry=r
         )
-        self.prefix_cache_entries = Gauge(p + "prefix_cache_entries", "LSTM states in the prefix cache", registry=r)
-        self.model_info = Gauge(p + "model_info", "The model being served", ["model", "device", "dtype"], registry=r)
+        self.prefix_cache_entries = Gauge(
+            p + "prefix_cache_entries", "LSTM states in the prefix cache", registry=r, multiprocess_mode="livesum"
+        )
+        self.model_info = Gauge(
+            p + "model_info",
+            "The model being served",
+            ["model", "device", "dtype"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         for trigger in ("full", "timeout"):
             self.batches.labels(trigger)
         for result in ("hit", "miss"):
             self.prefix_cache_lookups.labels(result)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text format: this process's metrics, or every worker's added up."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -1,17 +1,23 @@
-"""ASGI middleware: request observation (metrics, request id, one JSON log line) and the body-size limit."""
+"""Around every request: its observation (metrics, request id, one JSON log line), and the guard its route
+applies (API key, body size and read timeout, per route)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.errors import APIError
 from service.limits import Limits
 from service.metrics import Metrics
 
@@ -43,11 +49,12 @@ class RequestObserverMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status = 500  # unless a response starts (or the client hangs up first)
         given = dict(scope.get("headers", ())).get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["arrived"] = time.monotonic()  # a request's deadline counts from here (service.http.Deadline)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -60,6 +67,8 @@ class RequestObserverMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            if state.get("client_closed") and status == 500:
+                status = 499  # hung up before an answer: the client's doing, not a server error
             endpoint = endpoint_of(scope)
             duration = time.perf_counter() - start
             self.metrics.requests.labels(endpoint, str(status)).inc()
@@ -78,76 +87,104 @@ class RequestObserverMiddleware:
                 access_log.info(json.dumps(line))
 
 
-class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`, by Content-Length up front or by counting a streamed body."""
+KEYED: dict = {"security": [{"bearerAuth": []}]}
+"""A route's `openapi_extra` that puts it behind the API key (when the server has one): the guard enforces it,
+and the OpenAPI schema shows it, so that Swagger's "Authorize" sends the key."""
 
-    def __init__(self, app: ASGIApp, limits: Limits, metrics: Metrics) -> None:
-        self.app, self.limits, self.max_bytes, self.metrics = app, limits, limits.max_body_bytes, metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers", ()))
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send, int(declared))
-            return
-        # A body without Content-Length (chunked) is read and counted here, then replayed to the app: an error
-        # raised while FastAPI reads the body would become its generic 400, not the 413 a client should get.
+def needs_key(route: object) -> bool:
+    """Whether a route declared that it needs the API key."""
+    return "security" in (getattr(route, "openapi_extra", None) or {})
+
+
+class Guard:
+    """What a request may cost before its route runs, decided by the route it is for (per-route data, so that a
+    new route gets it by declaring it; `GuardedRoute` applies it):
+
+    - a route that declared `KEYED` needs `Authorization: Bearer <key>` (constant-time compare), checked first:
+      an unauthenticated caller gets 401 before one byte of its body is read;
+    - only a route that takes a body (FastAPI's `body_field`) has it read, here: 413 past `max_body_bytes` (by
+      Content-Length up front, or counted), 408 when the client sends nothing for `body_timeout_s`, and a
+      client that hangs up mid-upload is noted as `client_closed` (499), not as an error;
+    - any other route, and an unknown path, never has its body read (the server buffers at most uvicorn's
+      64 KiB high-water mark of it).
+    """
+
+    def __init__(self, limits: Limits, metrics: Metrics, key: str | None, body_timeout_s: float) -> None:
+        self.limits, self.metrics = limits, metrics
+        self.key = key.encode() if key is not None else None
+        self.body_timeout_s = body_timeout_s
+
+    async def check(self, route: object, request: Request) -> None:
+        """Raise the APIError that answers the request before its route runs, or read its body (cached on the
+        request, where FastAPI finds it)."""
+        scope = request.scope
+        if self.key is not None and needs_key(route) and not self._authorised(scope):
+            e = APIError(
+                401,
+                "unauthorized",
+                "missing or wrong API key: send `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": 'Bearer realm="lmserve"'},
+            )
+            raise self._rejected(scope, e, "unauthorized")
+        if getattr(route, "body_field", None) is not None:
+            request._body = await self._read_body(request)
+
+    def _authorised(self, scope: Scope) -> bool:
+        header = dict(scope.get("headers", ())).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key or b"")
+
+    async def _read_body(self, request: Request) -> bytes:
+        scope = request.scope
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        max_bytes = self.limits.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise self._rejected(scope, self.limits.body_too_large(int(declared)), "too_long")
         chunks: list[bytes] = []
         received = 0
         more = True
         while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: nobody to answer
-                return
+            try:
+                message = await asyncio.wait_for(request.receive(), self.body_timeout_s)
+            except TimeoutError:
+                e = APIError(
+                    408,
+                    "body_timeout",
+                    f"no part of the request body came for {self.body_timeout_s:g} s; send the whole body at once",
+                    {"limit": "body_timeout_s", "received_bytes": received},
+                    {"Connection": "close"},
+                )
+                raise self._rejected(scope, e, "body_timeout") from None
+            if message["type"] != "http.request":  # the client hung up mid-upload: nobody to answer
+                scope.setdefault("state", {})["client_closed"] = True
+                raise self._rejected(
+                    scope,
+                    APIError(499, "client_closed", "the client closed the connection mid-upload"),
+                    "client_closed",
+                )
             chunk = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_bytes:
-                await self._reject(scope, receive, send, received)
-                return
+            if received > max_bytes:
+                raise self._rejected(scope, self.limits.body_too_large(received), "too_long")
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
+        return b"".join(chunks)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
-        self.metrics.rejected.labels(endpoint_of(scope), "too_long").inc()
-        e = self.limits.body_too_large(size)
-        await error_response(e.status, e.code, e.message, e.details)(scope, receive, send)
+    def _rejected(self, scope: Scope, e: APIError, reason: str) -> APIError:
+        e.counted = True  # the error handler must not count it a second time
+        self.metrics.rejected.labels(endpoint_of(scope), reason).inc()
+        return e
 
 
-class AuthMiddleware:
-    """The API key for `protected` paths: `Authorization: Bearer <key>`, compared in constant time, checked
-    before anything else about the request (an unauthenticated caller learns nothing from its body)."""
+class GuardedRoute(APIRoute):
+    """A FastAPI route whose requests pass the app's `Guard` (`app.state.guard`) before FastAPI reads them."""
 
-    def __init__(self, app: ASGIApp, key: str, protected: set[str], metrics: Metrics) -> None:
-        self.app, self.key, self.protected, self.metrics = app, key.encode(), protected, metrics
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") not in self.protected:
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope.get("headers", ())).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
-            await self.app(scope, receive, send)
-            return
-        self.metrics.rejected.labels(endpoint_of(scope), "unauthorized").inc()
-        response = error_response(
-            401,
-            "unauthorized",
-            "missing or wrong API key: send `Authorization: Bearer <key>`",
-            headers={"WWW-Authenticate": 'Bearer realm="lmserve"'},
-        )
-        await response(scope, receive, send)
+        async def guarded(request: Request) -> Response:
+            await request.app.state.guard.check(self, request)
+            return await handler(request)
+
+        return guarded

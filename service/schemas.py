@@ -6,7 +6,9 @@ anything is queued, so that each can be tuned without a code change and names it
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 HARD_MAX_ITEMS = 100_000
 HARD_MAX_CHARS = 10_000_000
@@ -14,6 +16,22 @@ HARD_MAX_CHARS = 10_000_000
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """A lone surrogate (JSON's `"\\ud800"`) is not text: refused here, not when the answer is encoded."""
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    where = f"item {i}, " if isinstance(value, list) else ""
+                    raise ValueError(
+                        f"{where}character {e.start} is a lone surrogate (U+{ord(item[e.start]):04X}), not Unicode "
+                        "text: encode the text as UTF-8, or escape it as a surrogate pair"
+                    ) from None
+        return value
 
 
 class ScoreRequest(_Request):

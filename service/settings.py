@@ -8,16 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = Path("models/ptb-cpu")
+HOUR_S = 3600.0
 
 
 class Settings(BaseSettings):
     """Everything the service can be told; `python -m service --help` maps flags onto the same names."""
 
-    model_config = SettingsConfigDict(env_prefix="LMSERVE_", extra="ignore")
+    # Non-finite numbers (`inf`, `nan`) are refused everywhere: `LMSERVE_MAX_WAIT_MS=inf` would hang a batch.
+    model_config = SettingsConfigDict(env_prefix="LMSERVE_", extra="ignore", allow_inf_nan=False)
 
     # Model and hardware
     model: Path = Field(DEFAULT_MODEL, description="checkpoint directory to serve")
@@ -25,16 +27,27 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights and activations; the log-softmax is always float32"
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (default: torch's choice)")
 
     # Network
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model and engine")
-    log_level: str = "info"
-    graceful_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests in flight may take")
+    workers: int = Field(1, ge=1, le=256, description="uvicorn worker processes, each with its own model and engine")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    graceful_timeout_s: float = Field(
+        30.0, gt=0, le=HOUR_S, description="on SIGTERM, how long requests in flight may take"
+    )
     drain_s: float = Field(
-        0.0, ge=0, description="on SIGTERM, serve this long with /readyz at 503 before closing (load balancers)"
+        0.0,
+        ge=0,
+        le=HOUR_S,
+        description="on SIGTERM, serve this long with /readyz at 503 before closing (load balancers)",
+    )
+
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed (the access "
+        "log's client); empty: nobody's",
     )
 
     # Access
@@ -46,7 +59,7 @@ class Settings(BaseSettings):
     # Batching engine
     max_batch_sequences: int = Field(64, ge=1, description="sequences per forward pass at most")
     max_batch_tokens: int = Field(16384, ge=1, description="tokens per forward pass at most (a longer item runs alone)")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long the oldest queued item may wait for company")
+    max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the oldest queued item may wait for company")
     max_queue: int = Field(2048, ge=1, description="queued sequences at most; beyond that requests get 429")
     max_chunk_tokens: int = Field(8192, ge=1, description="time steps x batch rows per LSTM chunk (bounds memory)")
     prefix_cache_entries: int = Field(
@@ -55,11 +68,14 @@ class Settings(BaseSettings):
         description="LSTM states of recent /next-word prefixes kept, so a prefix extended by a word costs one "
         "step (type-ahead); one entry is 2 x layers x hidden numbers (4.8 KB for ptb-cpu); 0 turns it off",
     )
-    request_timeout_s: float = Field(30.0, gt=0, description="a request still unanswered after this gets 504")
-    retry_after_s: int = Field(1, ge=0, description="the Retry-After header sent with 429")
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=HOUR_S, description="a request still unanswered after this gets 504"
+    )
+    retry_after_s: int = Field(1, ge=0, le=3600, description="the Retry-After header sent with 429")
     busy_delay_ms: float = Field(
         200.0,
         ge=0,
+        le=10_000,
         description="a 429 is answered after this long: clients that retry at once, ignoring Retry-After, "
         "cannot spin the server's CPU away from the forward pass",
     )
@@ -72,3 +88,40 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1, description="words one /v1/completions prompt may generate (max_tokens)")
     max_candidates: int = Field(100, ge=1, description="candidates per /next-word request")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body size; larger bodies get 413")
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=HOUR_S, description="a request body of which nothing more comes for this long gets 408"
+    )
+    max_answer_words: int = Field(
+        25_600,
+        ge=1,
+        description="words one /next-word answer may list: prefixes x (top_k + candidates); "
+        "bounds the answer's size (422 beyond)",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, key: SecretStr | None) -> SecretStr | None:
+        """An empty key, or one with spaces around it, cannot be what the operator meant: refused at start."""
+        if key is None:
+            return None
+        value = key.get_secret_value()
+        if not value:
+            raise ValueError("is empty: unset LMSERVE_API_KEY to serve without a key, or give a key")
+        if value != value.strip():
+            raise ValueError("has spaces or a newline around it (clients could never send it): remove them")
+        return key
+
+
+def settings_error(error: ValidationError) -> str:
+    """A refused setting as one line: which variable, what was wrong, what value was given (never a key)."""
+    problems = []
+    for e in error.errors():
+        name = "LMSERVE_" + "_".join(str(p) for p in e["loc"]).upper()
+        given = "" if "api_key" in e["loc"] else f" (given {e.get('input')!r})"
+        problems.append(f"{name}{given}: {e['msg'].removeprefix('Value error, ')}")
+    return "invalid setting " + "; ".join(problems)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -231,5 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command](args)
     except (TrainerError, CheckpointError, VocabularyError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(
+            f"error: {e.filename}: not writable by uid {os.getuid()}; give it write access (under docker compose: "
+            f'TRAINER_USER="$(id -u):$(id -g)" for a ./models you own)',
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     return 0

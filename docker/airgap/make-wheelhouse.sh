@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 OUT=docker/airgap/wheels
 mkdir -p "$OUT"
-"$PY" -m pip wheel -q --wheel-dir "$OUT" torch==2.13.0 setuptools wheel .
+"$PY" -m pip wheel -q --wheel-dir "$OUT" torch==2.13.0 setuptools wheel ".[serve,train]"
 rm -f "$OUT"/ptb_lm-*.whl  # the project itself is built from the source in the image
 ls "$OUT" | wc -l | xargs echo "wheels in $OUT:"
 du -sh "$OUT"

@@ -1,5 +1,6 @@
 """The native API: `/score` and `/next-word`. Request in -> encoded sentences -> runner jobs -> the engine ->
-response out; the definitions of the numbers (priming, log10, perplexity, ranks) are in docs/architecture.md."""
+response out, the request's CPU work (encoding, building the answer) in a worker thread, all of it within the
+request's deadline; the definitions of the numbers (priming, log10, perplexity, ranks) are in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import math
 
 import torch
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from torch import Tensor
 
 from lm.encoding import Encoded, SentenceEncoder
 from lm.scoring import LN10, TokenScores, perplexity
 from service.errors import ERROR_RESPONSES, APIError
-from service.http import Ready, run_jobs
+from service.http import Deadline, Ready, json_body, run_jobs
 from service.limits import Limits
+from service.middleware import KEYED, GuardedRoute
 from service.runner import NextJob, ScoreJob
 from service.schemas import (
     NextWordRequest,
@@ -25,42 +28,55 @@ from service.schemas import (
     WordProb,
 )
 
-router = APIRouter(tags=["scoring"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["scoring"], responses=ERROR_RESPONSES, route_class=GuardedRoute)
 
 
-@router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, request: Request, state: Ready) -> ScoreResponse:
+@router.post("/score", response_model=ScoreResponse, openapi_extra=KEYED)
+async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     """Log-probability and perplexity of each sentence (`<eos>`-primed; natural log unless log10)."""
     texts = [body.text] if body.text is not None else body.sentences
     state.limits.check_count(len(texts), "sentences")
     await state.engine.admit(len(texts))
-    encoded = [encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos) for t in texts]
-    scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded])
-    results = [score_result(t, e, s, body.per_token) for t, e, s in zip(texts, encoded, scores, strict=True)]
+    deadline = Deadline(request)
+    encoded = await deadline.off_loop(
+        lambda: [encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos) for t in texts]
+    )
+    scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded], deadline)
+    results = await deadline.off_loop(
+        lambda: [score_result(t, e, s, body.per_token) for t, e, s in zip(texts, encoded, scores, strict=True)]
+    )
     m = state.metrics
     m.tokens_scored.labels("/score").inc(sum(r.num_tokens for r in results))
     m.oov_tokens.inc(sum(r.num_oov for r in results))
     m.nll.inc(-sum(r.logprob for r in results))
-    return ScoreResponse(model=state.ckpt.name, results=results)
+    return await deadline.off_loop(lambda: json_body(ScoreResponse(model=state.ckpt.name, results=results)))
 
 
-@router.post("/next-word", response_model=NextWordResponse)
-async def next_word(body: NextWordRequest, request: Request, state: Ready) -> NextWordResponse:
+@router.post("/next-word", response_model=NextWordResponse, openapi_extra=KEYED)
+async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Response:
     """The most probable next words after each prefix (empty = sentence start), and the candidates' odds."""
     # The default top_k serves under any max_top_k; only a top_k the client asked for can exceed it.
     top_k = state.limits.top_k(body.top_k, asked="top_k" in body.model_fields_set)
     state.limits.check_candidates(body.candidates)
     texts = [body.prefix] if body.prefix is not None else body.prefixes
     state.limits.check_count(len(texts), "prefixes")
+    state.limits.check_answer_words(len(texts), top_k, len(body.candidates or ()))
     await state.engine.admit(len(texts))
-    encoded = [encode_prefix(state.encoder, state.limits, t, body.normalize) for t in texts]
-    dists = await run_jobs(request, [NextJob(e.ids) for e in encoded])
+    deadline = Deadline(request)
+    encoded = await deadline.off_loop(
+        lambda: [encode_prefix(state.encoder, state.limits, t, body.normalize) for t in texts]
+    )
+    dists = await run_jobs(request, [NextJob(e.ids) for e in encoded], deadline)
     state.metrics.tokens_scored.labels("/next-word").inc(len(encoded))
-    results = [
-        next_word_result(t, e, d, top_k, body.candidates, body.normalize, state.encoder)
-        for t, e, d in zip(texts, encoded, dists, strict=True)
-    ]
-    return NextWordResponse(model=state.ckpt.name, results=results)
+
+    def answer() -> Response:
+        results = [
+            next_word_result(t, e, d, top_k, body.candidates, body.normalize, state.encoder)
+            for t, e, d in zip(texts, encoded, dists, strict=True)
+        ]
+        return json_body(NextWordResponse(model=state.ckpt.name, results=results))
+
+    return await deadline.off_loop(answer)
 
 
 def encode_sentence(encoder: SentenceEncoder, limits: Limits, text: str, normalize: bool, add_eos: bool) -> Encoded:

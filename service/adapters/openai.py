@@ -26,6 +26,7 @@ from lm.vocab import EOS
 from service.errors import ERROR_RESPONSES, APIError
 from service.http import Ready, run_jobs
 from service.limits import Limits, limit_exceeded
+from service.middleware import KEYED, GuardedRoute
 from service.openai_protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -47,11 +48,12 @@ from service.openai_protocol import (
 from service.runner import ScoreJob, StepJob, StepResult
 from service.schemas import ErrorResponse
 
+# Every route here is behind the API key (when the server has one): each declares KEYED.
 router = APIRouter(
     tags=["openai"],
     responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "the request names another model"}},
+    route_class=GuardedRoute,
 )
-PATHS = ("/v1/completions", "/v1/models", "/tokenizer_info", "/tokenize", "/detokenize")  # behind the API key
 MAX_STOP_STRINGS = 4
 
 
@@ -126,7 +128,9 @@ def served_model(state: State, asked: str | None) -> str:
     return name
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
+@router.post(
+    "/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False, openapi_extra=KEYED
+)
 async def completions(body: CompletionRequest, request: Request, state: Ready) -> CompletionResponse:
     """OpenAI's text completion: the prompt's logprobs (`echo` with `logprobs`, `max_tokens: 0` scores only) and
     generated words (greedy at temperature 0, else temperature and top_p sampling, reproducible with `seed`)."""
@@ -223,14 +227,14 @@ def choice(
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, openapi_extra=KEYED)
 async def models(state: Ready) -> ModelList:
     """The served checkpoint, as OpenAI's model list; `max_model_len`: tokens per prompt at most."""
     card = ModelCard(id=state.ckpt.name, root=str(state.ckpt.path), max_model_len=state.limits.max_tokens)
     return ModelList(data=[card])
 
 
-@router.get("/tokenizer_info", response_model=TokenizerInfo)
+@router.get("/tokenizer_info", response_model=TokenizerInfo, openapi_extra=KEYED)
 async def tokenizer_info(state: Ready) -> TokenizerInfo:
     """What lm-eval's remote tokenizer reads: the special tokens (`<eos>` ends a sentence and starts the next)."""
     vocab = state.encoder.vocab
@@ -247,7 +251,7 @@ async def tokenizer_info(state: Ready) -> TokenizerInfo:
     )
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True)
+@router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True, openapi_extra=KEYED)
 async def tokenize(body: TokenizeRequest, state: Ready) -> TokenizeResponse:
     """The prompt's token ids, normalised as /score normalises (a word outside the vocabulary is `<unk>`'s id);
     `<eos>` is added in front only with add_special_tokens."""
@@ -261,7 +265,7 @@ async def tokenize(body: TokenizeRequest, state: Ready) -> TokenizeResponse:
     return TokenizeResponse(count=len(ids), max_model_len=state.limits.max_tokens, tokens=ids, token_strs=strs)
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse)
+@router.post("/detokenize", response_model=DetokenizeResponse, openapi_extra=KEYED)
 async def detokenize(body: DetokenizeRequest, state: Ready) -> DetokenizeResponse:
     """The tokens' words, separated by spaces; 422 for an id outside the vocabulary."""
     served_model(state, body.model)

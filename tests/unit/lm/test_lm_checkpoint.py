@@ -37,6 +37,14 @@ def rewrite_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     write_meta(path, meta)
 
 
+def rewrite_vocab(path: Path, text: str) -> None:
+    """Replace vocab.txt and update config.json's sha256, so that only the vocabulary's own checks can fire."""
+    (path / "vocab.txt").write_text(text, encoding="utf-8")
+    meta = read_meta(path)
+    meta["vocab_sha256"] = sha256_file(path / "vocab.txt")
+    write_meta(path, meta)
+
+
 def test_round_trip_is_exact(tiny_checkpoint) -> None:
     ckpt = load_checkpoint(tiny_checkpoint.path)
     original = tiny_checkpoint.model.state_dict()
@@ -208,15 +216,50 @@ def test_missing_vocab_is_refused(tiny_checkpoint) -> None:
 
 def test_vocab_of_the_wrong_size_is_refused(tiny_checkpoint) -> None:
     vocab_path = tiny_checkpoint.path / "vocab.txt"
-    vocab_path.write_text(vocab_path.read_text(encoding="utf-8") + "extra\n", encoding="utf-8")
+    rewrite_vocab(tiny_checkpoint.path, vocab_path.read_text(encoding="utf-8") + "extra\n")
     with pytest.raises(CheckpointError, match=r"vocab\.txt.*vocab_size"):
         load_checkpoint(tiny_checkpoint.path)
 
 
 def test_invalid_vocab_file_is_refused(tiny_checkpoint) -> None:
-    (tiny_checkpoint.path / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"vocab\.txt"):
+    rewrite_vocab(tiny_checkpoint.path, "a\nb\n")
+    with pytest.raises(CheckpointError, match=r"vocab\.txt: .*<unk>"):
         load_checkpoint(tiny_checkpoint.path)
+
+
+def test_config_records_the_vocabulary_digest(tiny_checkpoint) -> None:
+    assert read_meta(tiny_checkpoint.path)["vocab_sha256"] == sha256_file(tiny_checkpoint.path / "vocab.txt")
+
+
+def test_vocab_with_two_lines_swapped_is_refused(tiny_checkpoint) -> None:
+    """Same tokens, same size: only the digest tells that every id now means another word."""
+    vocab_path = tiny_checkpoint.path / "vocab.txt"
+    lines = vocab_path.read_text(encoding="utf-8").splitlines()
+    lines[3], lines[4] = lines[4], lines[3]
+    vocab_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"vocab\.txt: sha256 .* vocab_sha256"):
+        load_checkpoint(tiny_checkpoint.path)
+
+
+def test_vocab_saved_with_a_byte_order_mark_is_refused(tiny_checkpoint) -> None:
+    vocab_path = tiny_checkpoint.path / "vocab.txt"
+    marked = "\ufeff" + vocab_path.read_text(encoding="utf-8")
+    vocab_path.write_text(marked, encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"vocab\.txt: sha256"):
+        load_checkpoint(tiny_checkpoint.path)
+    rewrite_vocab(tiny_checkpoint.path, marked)  # a digest taken of the marked file: the mark itself is refused
+    with pytest.raises(CheckpointError, match=r"byte-order mark"):
+        load_checkpoint(tiny_checkpoint.path)
+
+
+def test_checkpoint_without_a_vocab_digest_loads_with_a_warning(tiny_checkpoint, caplog) -> None:
+    meta = read_meta(tiny_checkpoint.path)
+    del meta["vocab_sha256"]
+    write_meta(tiny_checkpoint.path, meta)
+    with caplog.at_level("WARNING", logger="lm.checkpoint"):
+        ckpt = load_checkpoint(tiny_checkpoint.path)
+    assert ckpt.vocab == tiny_checkpoint.vocab
+    assert "no vocab_sha256" in caplog.text
 
 
 def test_bad_json_is_refused(tiny_checkpoint) -> None:

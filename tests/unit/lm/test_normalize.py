@@ -4,9 +4,12 @@ the rules."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lm.normalize import PTBNormalizer, whitespace_tokens
 
@@ -167,3 +170,61 @@ def test_ptb_text_is_unchanged(normalizer, ptb_dir) -> None:
 def test_whitespace_tokens_split_on_whitespace_only() -> None:
     assert whitespace_tokens("The  Company's\t5%\n$30 million.") == ["The", "Company's", "5%", "$30", "million."]
     assert whitespace_tokens("   ") == []
+
+
+# Words an attacker can send in one request (20,000 characters): each family below was super-linear once
+# (a rescan or a re-slice per character peeled, or a recursion per suffix).
+PATHOLOGICAL = {
+    "brackets": lambda n: "(" * n + ")" * n,
+    "percent signs": lambda n: "1" + "%" * (2 * n),
+    "quotes": lambda n: "'" * (2 * n),
+    "clitics": lambda n: "x" + "'s" * n,
+    "digits then clitics": lambda n: "1" * n + "'s" * (n // 2),
+    "negations": lambda n: "do" + "n't" * (2 * n // 3),
+    "periods around a word": lambda n: "." * n + "corp." + "." * n,
+    "possessives": lambda n: "s'" * n,
+    "leading and possessive": lambda n: "(" * n + "funds'" + ")" * n,
+}
+
+
+def _cpu_seconds(normalizer: PTBNormalizer, text: str) -> float:
+    """The least CPU time of a few runs (the machine is shared: the least is the least disturbed)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        normalizer(text)
+        best = min(best, time.process_time() - start)
+    return best
+
+
+@pytest.mark.parametrize("family", PATHOLOGICAL, ids=list(PATHOLOGICAL))
+def test_normalisation_is_linear_in_the_length_of_a_word(normalizer, family: str) -> None:
+    """Doubling the word at most about doubles the time (quadratic would be 4x), and 20,000 characters of
+    any of these take well under a second."""
+    make = PATHOLOGICAL[family]
+    small, large = _cpu_seconds(normalizer, make(1500)), _cpu_seconds(normalizer, make(3000))
+    assert large < 3 * small + 0.005, f"{family}: {small:.4f} s -> {large:.4f} s for twice the input"
+    assert _cpu_seconds(normalizer, make(10_000)) < 0.5
+
+
+@pytest.mark.parametrize("family", PATHOLOGICAL, ids=list(PATHOLOGICAL))
+def test_pathological_words_give_the_same_tokens_as_short_ones(normalizer, family: str) -> None:
+    """No recursion limit: a long word is split as its short version is, only with more tokens."""
+    tokens = normalizer(PATHOLOGICAL[family](5000))
+    assert all(t and not any(c.isspace() for c in t) for t in tokens)
+
+
+def test_a_number_with_thousands_of_percent_signs(normalizer) -> None:
+    assert normalizer("1" + "%" * 2000) == ["N"] * 2001
+
+
+_ALPHABET = st.sampled_from(
+    [*"\"'([{<)]}>,.;:!?%$#/*-snt'dmNa1 0.,£`\u2019\u2014\u2026\t", "n't", "'s", "corp.", "us$", "c$", "the"]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(), st.lists(_ALPHABET, max_size=40).map("".join)))
+def test_any_text_normalises_to_tokens_without_whitespace(normalizer, text: str) -> None:
+    tokens = normalizer(text)
+    assert all(t and not any(c.isspace() for c in t) for t in tokens)

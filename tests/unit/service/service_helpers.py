@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,10 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 METRICS = {"valid_ppl": 123.5, "test_ppl": 119.25, "train_ppl": 88.0, "best_epoch": 7}
 
 
-def run_service_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_service_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m service ARGS` to its end, in the repository, without any LMSERVE_* of the caller's
-    environment; its output captured as text."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}
+    environment (only those of `env`); its output captured as text."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LMSERVE_")}, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
         cwd=REPO_ROOT,
@@ -145,3 +147,35 @@ def get_metrics(client: TestClient | httpx.Client) -> dict:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     return parse_metrics(r.text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    model: Path, *args: str, stdout=subprocess.DEVNULL, env: dict[str, str] | None = None, **settings: str
+) -> tuple[subprocess.Popen, str]:
+    """The server as `python -m service ARGS` runs it, on a free port, once ready; its access log (stdout) goes
+    to `stdout`; `env` replaces the environment, `settings` (LMSERVE_*=...) are added to it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model", str(model), "--port", str(port), *args],
+        cwd=REPO_ROOT,
+        env={**(os.environ if env is None else env), "LMSERVE_THREADS": "1", **settings},
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server not ready: {proc.stderr.read()}")

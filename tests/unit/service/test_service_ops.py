@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -162,3 +163,23 @@ def test_web_page_and_its_files_are_served_from_the_package(client) -> None:
         assert r.status_code == 200 and len(r.content) > 500
     assert "http" not in client.get("/static/app.js").text.replace("HTTP ", "")  # no CDN, nothing fetched elsewhere
     assert client.get("/static/nope.js").status_code == 404
+
+
+def test_api_docs_work_offline_and_offer_the_key(serve) -> None:
+    """Swagger UI's files come from the server itself (no CDN), and with a key the schema declares the bearer
+    scheme on exactly the routes that need it, so that "Authorize" sends it."""
+    with serve(api_key="s3cret") as client:
+        page = client.get("/docs")
+        assert page.status_code == 200
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert urls and all(u.startswith("/") for u in urls), urls
+        for url in urls:
+            assert client.get(url).status_code == 200, url
+        assert client.get("/redoc").status_code == 404  # no offline copy: not served
+        schema = client.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        keyed = {p for p, ops in schema["paths"].items() for op in ops.values() if op.get("security")}
+        assert keyed == {"/score", "/next-word", "/model"}
+    with serve() as client:
+        schema = client.get("/openapi.json").json()
+        assert not any(op.get("security") for ops in schema["paths"].values() for op in ops.values())

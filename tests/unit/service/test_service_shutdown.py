@@ -4,47 +4,15 @@ period /readyz turns 503 first so that a load balancer stops sending."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from service_helpers import start_server as start
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(model: Path, stdout=subprocess.DEVNULL, **env: str) -> tuple[subprocess.Popen, str]:
-    """The server as `python -m service` runs it; its access log (stdout) goes to `stdout`."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model", str(model), "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, "LMSERVE_THREADS": "1", **env},
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"server not ready: {proc.stderr.read()}")
 
 
 def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(service_ckpt, tmp_path) -> None:

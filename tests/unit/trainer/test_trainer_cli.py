@@ -241,6 +241,20 @@ def test_python_m_trainer_errors_are_one_line(
         assert_one_line_error(proc.stderr, *fragments)
 
 
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """As under compose when ./models belongs to another user: what to do, not a traceback."""
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "train", "--config", "test", "--dry-run", "--out", tmp_path / "file" / "run")
+    assert code == 2 and err.count("\n") == 1 and "file/run" in err, err
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, _, err = run_cli(capsys, "train", "--config", "test", "--dry-run", "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and "not writable by uid" in err and "TRAINER_USER" in err, err
+
+
 def test_python_m_trainer_usage_error() -> None:
     proc = run_module("frobnicate")
     assert proc.returncode == 2
