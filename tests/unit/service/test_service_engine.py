@@ -193,7 +193,7 @@ def test_stop_finishes_what_is_queued() -> None:
     fake = FakeForward()
 
     async def main():
-        engine = BatchingEngine(fake, Metrics(), Settings(max_wait_ms=60_000))
+        engine = BatchingEngine(fake, Metrics(), Settings(max_wait_ms=10_000))
         await engine.start()
         futures = engine.submit(jobs(seqs(2, 3)))
         await asyncio.sleep(0)
@@ -234,7 +234,7 @@ def test_cancelled_items_free_their_place_in_the_queue_at_once() -> None:
             engine.submit(jobs([[9]]))
         return size, await asyncio.wait_for(asyncio.gather(*new), 5)
 
-    (size, results), metrics = run_engine(fake, body, max_queue=3, max_batch_sequences=3, max_wait_ms=60_000)
+    (size, results), metrics = run_engine(fake, body, max_queue=3, max_batch_sequences=3, max_wait_ms=10_000)
     assert size == 0
     assert results == [10, 11, 12]
     assert fake.batches == [[[10], [11], [12]]]  # the cancelled ones were never computed
@@ -265,7 +265,7 @@ def test_run_past_its_timeout_drops_the_jobs() -> None:
         await asyncio.sleep(0)  # the cancellation callbacks run
         return engine.queue_size()
 
-    size, _ = run_engine(fake, body, max_wait_ms=60_000)
+    size, _ = run_engine(fake, body, max_wait_ms=10_000)
     assert size == 0
     assert fake.batches == []  # never computed
 
@@ -285,7 +285,7 @@ def test_run_for_a_caller_that_went_away_drops_the_jobs() -> None:
         await asyncio.sleep(0)  # the cancellation callbacks run
         return engine.queue_size()
 
-    size, _ = run_engine(fake, body, max_wait_ms=60_000)
+    size, _ = run_engine(fake, body, max_wait_ms=10_000)
     assert size == 0 and fake.batches == [] and checks == 2
 
 
