@@ -179,7 +179,16 @@ def test_api_docs_work_offline_and_offer_the_key(serve) -> None:
         schema = client.get("/openapi.json").json()
         assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
         keyed = {p for p, ops in schema["paths"].items() for op in ops.values() if op.get("security")}
-        assert keyed == {"/score", "/next-word", "/model"}
+        assert keyed == {
+            "/score",
+            "/next-word",
+            "/model",
+            "/v1/completions",
+            "/v1/models",
+            "/tokenizer_info",
+            "/tokenize",
+            "/detokenize",
+        }
     with serve() as client:
         schema = client.get("/openapi.json").json()
         assert not any(op.get("security") for ops in schema["paths"].values() for op in ops.values())
