@@ -44,6 +44,7 @@ from benchmarks.common import (
 )
 from lm.checkpoint import load_checkpoint
 from lm.encoding import SentenceEncoder
+from lm.model import native_bf16, resolve_device
 from service.runner import ModelRunner, NextJob, ScoreJob
 from service.settings import Settings
 
@@ -128,13 +129,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=str(REPO / "models" / "ptb-cpu"))
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=lambda s: __import__("pathlib").Path(s))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128, 512])
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPE_NAMES))
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=list(DTYPE_NAMES),
+        help="default: fp32, and bf16 where the device runs it natively (emulated bf16 only measures emulation)",
+    )
     p.add_argument("--sentences", type=int, default=1024, help="test sentences per pass (batch 1: a quarter)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--type-ahead-sentences", type=int, default=20)
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args(argv)
+    if args.dtypes is None:
+        args.dtypes = ["fp32", "bf16"] if native_bf16(resolve_device(args.device).type) else ["fp32"]
 
     ckpt = load_checkpoint(args.model)
     cfg = ckpt.config
