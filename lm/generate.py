@@ -53,7 +53,10 @@ def choose_token(logdist: Tensor, temperature: float, top_p: float, generator: t
     softmax(logdist / temperature) restricted to the smallest set of most probable words whose mass reaches top_p."""
     if temperature == 0:
         return int(torch.argmax(logdist))
-    probs = torch.softmax(logdist.double() / temperature, dim=-1)
+    # Shifted by the maximum first: at a temperature so small that logdist / temperature overflows (5e-324),
+    # the most probable word keeps 0 and the rest go to -inf, which is the greedy limit, not NaN.
+    logdist = logdist.double()
+    probs = torch.softmax((logdist - logdist.max()) / temperature, dim=-1)
     if top_p < 1:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = (torch.cumsum(sorted_p, 0) - sorted_p) < top_p  # the mass before a word is short of top_p

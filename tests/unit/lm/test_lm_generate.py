@@ -135,3 +135,9 @@ def one_hot(vocab: Vocabulary, word: str) -> torch.Tensor:
     logdist = torch.full((len(vocab),), -50.0)
     logdist[vocab.stoi[word]] = 0.0
     return logdist
+
+
+def test_a_vanishing_temperature_is_the_greedy_limit_not_nan() -> None:
+    """5e-324 (the smallest float) overflows logdist / temperature: the choice must still be the argmax."""
+    logdist = torch.log_softmax(torch.tensor([0.1, 2.0, -1.0, 1.9]), -1)
+    assert choose_token(logdist, 5e-324, 1.0, torch.Generator().manual_seed(0)) == 1
