@@ -17,6 +17,7 @@ LIMIT_S=${RAY_TEST_LIMIT_S:-600}
 
 if [ -z "${RAY_TEST_IN_NAMESPACE:-}" ]; then
     "$PY" -c 'import ray.serve' 2>/dev/null || { echo "installing the ray extra"; "$PY" -m pip install -q -e '.[ray]'; }
+    "$PY" -m pytest -q -p no:cacheprovider tests/ray  # the application's configuration, no cluster needed
     command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
     export RAY_TEST_IN_NAMESPACE=1 PY
     exec timeout -k 10 "$LIMIT_S" unshare --net --pid --fork --mount --mount-proc "$0"
@@ -30,6 +31,14 @@ export PATH="$BIN:$PATH" RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 # to register, less for its agents to write their ports): a raylet that gives up crashes.
 export RAY_raylet_start_wait_time_s=300 RAY_agent_register_timeout_ms=300000
 WORK=$(mktemp -d /tmp/rayt.XXXXXX)  # short: Ray's socket paths must stay under 108 bytes
+# Token authentication on, with a token of this test's own, for every process (both nodes, the drivers,
+# `serve run`). Left to itself Ray 2.60 decides per command: `ray start --head` turns token authentication on
+# when ~/.ray/auth_token exists (any local `ray.init()` writes one), while `ray start --address` and
+# `ray.init(address=...)` do not, so the second node reached the head without a token and was refused
+# (InvalidAuthToken). Setting the mode and the token here makes both sides agree, whatever $HOME holds.
+unset RAY_AUTH_TOKEN
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$WORK/auth_token"
+"$PY" -c 'import secrets; print(secrets.token_hex(32))' >"$RAY_AUTH_TOKEN_PATH"
 HEAD=127.0.0.1:6379
 SERVE_PORT=8000
 DIRECT_PORT=8001
@@ -39,7 +48,7 @@ direct_pid=
 cleanup() {
     local rc=$?
     if [ "$rc" != 0 ]; then  # what Ray said, before its files go
-        for f in "$WORK"/ray/session_latest/logs/{gcs_server,raylet,serve/controller_*}.{out,err,log}; do
+        for f in "$WORK"/ray/session_latest/logs/{gcs_server,raylet,serve/controller_*,serve/replica_*}.{out,err,log}; do
             [ -s "$f" ] && { echo "--- $f"; grep -m 5 -E '^\[[^]]* [CE] ' "$f"; tail -5 "$f"; }
         done
     fi
@@ -95,7 +104,7 @@ applications:
   - name: lmserve
     route_prefix: /
     import_path: lmserve_ray:build
-    runtime_env: {working_dir: $PWD/deploy/ray}
+    runtime_env: {working_dir: "local://$PWD/deploy/ray"}
     args:
       num_replicas: 2
       num_cpus: 1
