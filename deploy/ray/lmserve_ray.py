@@ -22,9 +22,6 @@ from ray.serve import Application
 from service.app import create_app_from_env
 from service.settings import Settings
 
-# Built in each replica when the module is imported there, from the environment the builder gave the replica.
-app: FastAPI = create_app_from_env()
-
 
 @serve.deployment(
     # The batching engine wants many requests at once: a replica reaches its best throughput at 32-64 in
@@ -35,13 +32,16 @@ app: FastAPI = create_app_from_env()
     graceful_shutdown_timeout_s=30,
     health_check_period_s=5,
 )
-@serve.ingress(app)
+# A factory, not an app: Ray calls it in each replica, so the app reads the environment the builder gave the
+# replica. An app object made here would be made where the application is built (Ray's controller, without
+# those variables) and shipped to the replicas with its settings frozen.
+@serve.ingress(create_app_from_env)
 class LMServe:
     """One replica: the service's FastAPI app, its lifespan (model load, warm-up, engine) run by Ray Serve."""
 
     async def check_health(self) -> None:
         """Ray restarts a replica whose /readyz is not 200 (engine stopped, model not loaded)."""
-        status = await asgi_get_status(app, "/readyz")
+        status = await asgi_get_status(self.app, "/readyz")
         if status != 200:
             raise RuntimeError(f"/readyz answered {status}")
 
