@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make ray-test`: the Ray Serve application on a local two-node Ray cluster, in private network and process
 # namespaces: two replicas behind Ray's proxy answer /score and /next-word exactly as the service run directly
-# does, and keep answering after one node's processes are killed.
+# does, keep answering after one node's processes are killed, and answer what is in flight when the
+# application is deleted (docs/ray.md, "Test").
 #
 #   deploy/ray/test-cluster.sh          # PY=.venv/bin/python by default; installs the `ray` extra if missing
 #
