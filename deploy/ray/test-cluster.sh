@@ -20,8 +20,14 @@ if [ -z "${RAY_TEST_IN_NAMESPACE:-}" ]; then
     "$PY" -c 'import ray.serve' 2>/dev/null || { echo "installing the ray extra"; "$PY" -m pip install -q -e '.[ray]'; }
     "$PY" -m pytest -q -p no:cacheprovider tests/ray  # the application's configuration, no cluster needed
     command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
-    export RAY_TEST_IN_NAMESPACE=1 PY
-    exec timeout -k 10 "$LIMIT_S" unshare --net --pid --fork --mount --mount-proc "$0"
+    # The work directory is made and removed out here: once the namespace's processes are gone (all of them
+    # end with it), nothing writes there any more, also after a timeout or a failure.
+    RAY_TEST_WORK=$(mktemp -d /tmp/rayt.XXXXXX)  # short: Ray's socket paths must stay under 108 bytes
+    export RAY_TEST_IN_NAMESPACE=1 RAY_TEST_WORK PY
+    rc=0
+    timeout -k 10 "$LIMIT_S" unshare --net --pid --fork --mount --mount-proc "$0" || rc=$?
+    rm -rf "$RAY_TEST_WORK"
+    exit "$rc"
 fi
 
 # --- inside the namespaces ------------------------------------------------------------------------------
@@ -31,7 +37,7 @@ export PATH="$BIN:$PATH" RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 # A busy 2-core machine starts a node's processes far slower than Ray allows by default (60 s for the raylet
 # to register, less for its agents to write their ports): a raylet that gives up crashes.
 export RAY_raylet_start_wait_time_s=300 RAY_agent_register_timeout_ms=300000
-WORK=$(mktemp -d /tmp/rayt.XXXXXX)  # short: Ray's socket paths must stay under 108 bytes
+WORK=$RAY_TEST_WORK
 # Token authentication on, with a token of this test's own, for every process (both nodes, the drivers,
 # `serve run`). Left to itself Ray 2.60 decides per command: `ray start --head` turns token authentication on
 # when ~/.ray/auth_token exists (any local `ray.init()` writes one), while `ray start --address` and
@@ -55,7 +61,6 @@ cleanup() {
     fi
     ray stop --force >/dev/null 2>&1 || true
     [ -n "$direct_pid" ] && kill "$direct_pid" 2>/dev/null || true
-    rm -rf "$WORK"
 }
 trap cleanup EXIT
 
