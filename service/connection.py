@@ -24,6 +24,8 @@ from functools import lru_cache
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import error_response
+
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; Node's default is 16 KiB, nginx's 4 x 8 KiB
 MAX_HEADERS = 100  # header fields per request
 KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this (uvicorn's `timeout_keep_alive`)
@@ -42,14 +44,12 @@ def head_timeout_s() -> float:
 
 def refusal(status: int, reason: str, code: str, message: str) -> bytes:
     """A complete HTTP/1.1 answer with the service's JSON error envelope, that closes the connection."""
-    body = json.dumps(
-        {"error": {"code": code, "message": message, "details": {}, "type": "invalid_request_error", "param": None}}
-    ).encode()
+    body = error_response(status, code, message).body
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"
     )
-    return head.encode() + body
+    return head.encode() + bytes(body)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
