@@ -7,7 +7,6 @@ process loads its own copy of the model.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
@@ -17,6 +16,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from lm.checkpoint import CheckpointError, load_checkpoint
+from service.connection import KEEP_ALIVE_S, GuardedHttpToolsProtocol
+from service.logs import log_config
 from service.metrics import prepare_multiprocess
 from service.settings import Settings, settings_error
 
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
     # uvicorn re-raises the SIGTERM it handled once it has finished the requests in flight: that stop is the
     # normal end of a server, exit code 0 (not the default action's 143).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -74,10 +74,13 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,  # service.access logs one JSON line per request instead
         timeout_graceful_shutdown=settings.graceful_timeout_s,
-        log_config=None,
+        log_config=log_config(settings.log_level),  # every line JSON on stdout, in every worker
         # X-Forwarded-For only from the proxies named (uvicorn's default trusts any local peer's).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
+        # A request head bounded in size and time, idle connections closed (service.connection).
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
@@ -97,16 +100,6 @@ def bind_problem(host: str, port: int) -> str | None:
         except OSError as e:
             return e.strerror or str(e)
     return None
-
-
-def configure_logging(level: str) -> None:
-    """Plain lines for the server's own messages; the access log is one bare JSON object per line."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    access = logging.getLogger("service.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from service.engine import BatchingEngine
 from service.errors import install_error_handlers, not_ready
 from service.http import Ready
 from service.limits import Limits
+from service.memory import release_memory_periodically
 from service.metrics import CONTENT_TYPE, Metrics
 from service.middleware import KEYED, Guard, GuardedRoute, RequestObserverMiddleware, endpoint_of
 from service.runner import ModelRunner
@@ -122,10 +123,12 @@ async def lifespan(app: FastAPI):
         runner.device,
         runner.dtype_name,
     )
+    trimming = asyncio.create_task(release_memory_periodically())
     try:
         yield
     finally:
         state.ready = False
+        trimming.cancel()
         await engine.stop()
 
 

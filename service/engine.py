@@ -261,7 +261,8 @@ class BatchingEngine(Generic[J, R]):
             try:
                 results = await loop.run_in_executor(self._executor, self.run_batch, jobs)
             except Exception as e:  # the batch fails, the engine does not
-                log.exception("forward pass failed for a batch of %d sequences", len(batch))
+                # Without its traceback: each request of the batch answers 500 and logs it, with its request id.
+                log.error("forward pass failed for a batch of %d sequences: %r", len(batch), e)
                 for entry in batch:
                     if not entry.future.done():
                         entry.future.set_exception(e)

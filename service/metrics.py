@@ -9,6 +9,7 @@ prometheus-client's multiprocess mode, where each process writes its values to f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -35,6 +36,7 @@ TOKEN_BUCKETS = tuple(float(2**k) for k in range(4, 19))  # 16 .. 262144 padded 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")  # prometheus-client's name for a live gauge's file
 
 
 def prepare_multiprocess(workers: int) -> Callable[[], None]:
@@ -129,6 +131,34 @@ class Metrics:
         """The Prometheus text format: this process's metrics, or every worker's added up."""
         if not self.multiprocess:
             return generate_latest(self.registry)
+        forget_dead_workers(os.environ[MULTIPROC_ENV])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
+
+
+def forget_dead_workers(directory: str) -> list[int]:
+    """Mark every worker whose process has ended as dead (`multiprocess.mark_process_dead`), so that its live
+    gauges (queue size, prefix-cache entries, model info) stop counting: uvicorn replaces a worker that
+    crashed or was killed, and without this the replacement's values would be added to the dead one's.
+    Counters and histograms keep the dead worker's share (they count what was done). Returns the pids
+    forgotten."""
+    dead = set()
+    for path in Path(directory).glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.match(path.name)
+        if match and not process_alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return sorted(dead)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

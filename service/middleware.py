@@ -17,8 +17,9 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import APIError
+from service.errors import APIError, error_response
 from service.limits import Limits
+from service.logs import REQUEST_ID
 from service.metrics import Metrics
 
 ENDPOINTS = {
@@ -29,6 +30,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
 
 access_log = logging.getLogger("service.access")
+log = logging.getLogger("service")
 
 
 def endpoint_of(scope: Scope) -> str:
@@ -39,7 +41,12 @@ def endpoint_of(scope: Scope) -> str:
 
 class RequestObserverMiddleware:
     """Per request: counts and times it by endpoint and status, gives it an id (the client's `X-Request-ID` if
-    it sent a sane one, else a new one) that is echoed back, and logs one JSON line about it."""
+    it sent a sane one, else a new one) that is echoed back and that every log line made on its behalf carries,
+    and logs one JSON line about it.
+
+    An exception that no handler answered is logged here, once (its traceback one field of one line), and
+    answered 500 `internal_error` without its text; it does not travel on to the server, which would log it a
+    second time."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -55,17 +62,24 @@ class RequestObserverMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["arrived"] = time.monotonic()  # a request's deadline counts from here (service.http.Deadline)
+        token = REQUEST_ID.set(request_id)
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                answer = error_response(500, "internal_error", "internal error; the details are in the server log")
+                await answer(scope, receive, send_wrapper)
         finally:
             if state.get("client_closed") and status == 500:
                 status = 499  # hung up before an answer: the client's doing, not a server error
@@ -84,7 +98,8 @@ class RequestObserverMiddleware:
                     "batch_size": state.get("batch_size"),
                     "client": (scope.get("client") or ("", 0))[0],
                 }
-                access_log.info(json.dumps(line))
+                access_log.info(json.dumps(line), extra={"fields": line})
+            REQUEST_ID.reset(token)
 
 
 KEYED: dict = {"security": [{"bearerAuth": []}]}

@@ -39,7 +39,9 @@ async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     encoded = await deadline.off_loop(
-        lambda: [encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos) for t in texts]
+        lambda: deadline.each(
+            lambda t: encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos), texts
+        )
     )
     scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded], deadline)
     results = await deadline.off_loop(
@@ -64,7 +66,7 @@ async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Re
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     encoded = await deadline.off_loop(
-        lambda: [encode_prefix(state.encoder, state.limits, t, body.normalize) for t in texts]
+        lambda: deadline.each(lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), texts)
     )
     dists = await run_jobs(request, [NextJob(e.ids) for e in encoded], deadline)
     state.metrics.tokens_scored.labels("/next-word").inc(len(encoded))

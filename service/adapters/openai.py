@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from starlette.datastructures import State
 
 from lm.encoding import SentenceEncoder
@@ -24,7 +25,7 @@ from lm.generate import GenerationStream, SamplingParams
 from lm.scoring import TokenScores
 from lm.vocab import EOS
 from service.errors import ERROR_RESPONSES, APIError
-from service.http import Ready, run_jobs
+from service.http import Deadline, Ready, json_body, run_jobs
 from service.limits import Limits, limit_exceeded
 from service.middleware import KEYED, GuardedRoute
 from service.openai_protocol import (
@@ -131,50 +132,72 @@ def served_model(state: State, asked: str | None) -> str:
 @router.post(
     "/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False, openapi_extra=KEYED
 )
-async def completions(body: CompletionRequest, request: Request, state: Ready) -> CompletionResponse:
+async def completions(body: CompletionRequest, request: Request, state: Ready) -> Response:
     """OpenAI's text completion: the prompt's logprobs (`echo` with `logprobs`, `max_tokens: 0` scores only) and
-    generated words (greedy at temperature 0, else temperature and top_p sampling, reproducible with `seed`)."""
+    generated words (greedy at temperature 0, else temperature and top_p sampling, reproducible with `seed`).
+
+    As /score's: the request's CPU work (normalising the prompts, each generation step's sampling, building the
+    answer) runs off the event loop, and all of it within the request's deadline (504 past it)."""
     name = served_model(state, body.model)
     raw = prompts_of(body.prompt)
     params = check_completion(body, state.limits, raw)
     await state.engine.admit(len(raw))
-    prompts = [encode_prompt(state.encoder, state.limits, p) for p in raw]
+    deadline = Deadline(request)
+    prompts = await deadline.off_loop(
+        lambda: deadline.each(lambda p: encode_prompt(state.encoder, state.limits, p), raw)
+    )
     k = body.logprobs
     scores: list[TokenScores | None] = [None] * len(prompts)
     if body.echo and k is not None:
         scored = [i for i, p in enumerate(prompts) if len(p.context) > 1]
-        results = await run_jobs(request, [ScoreJob(prompts[i].context, top=k) for i in scored])
+        results = await run_jobs(request, [ScoreJob(prompts[i].context, top=k) for i in scored], deadline)
         for i, r in zip(scored, results, strict=True):
             scores[i] = r
-    streams = await generate(request, prompts, params, keep_dists=k is not None)
+    streams = await generate(request, prompts, params, keep_dists=k is not None, deadline=deadline)
     itos = state.encoder.vocab.itos
-    choices = [
-        choice(i, p, s, g, body.echo, k, itos) for i, (p, s, g) in enumerate(zip(prompts, scores, streams, strict=True))
-    ]
-    prompt_tokens = sum(len(p.tokens) for p in prompts)
-    completion_tokens = sum(len(g.ids) for g in streams)
-    state.metrics.tokens_scored.labels("/v1/completions").inc(prompt_tokens + completion_tokens)
-    usage = UsageInfo(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
-    return CompletionResponse(model=name, choices=choices, usage=usage)
+
+    def answer() -> Response:
+        choices = [
+            choice(i, p, s, g, body.echo, k, itos)
+            for i, (p, s, g) in enumerate(zip(prompts, scores, streams, strict=True))
+        ]
+        prompt_tokens = sum(len(p.tokens) for p in prompts)
+        completion_tokens = sum(len(g.ids) for g in streams)
+        state.metrics.tokens_scored.labels("/v1/completions").inc(prompt_tokens + completion_tokens)
+        usage = UsageInfo(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        return json_body(CompletionResponse(model=name, choices=choices, usage=usage))
+
+    return await deadline.off_loop(answer)
 
 
 async def generate(
-    request: Request, prompts: Sequence[Prompt], params: SamplingParams, keep_dists: bool
+    request: Request,
+    prompts: Sequence[Prompt],
+    params: SamplingParams,
+    keep_dists: bool,
+    deadline: Deadline,
 ) -> list[GenerationStream]:
-    """One stream per prompt; every unfinished stream takes one engine step per generated word, from its state."""
+    """One stream per prompt; every unfinished stream takes one engine step per generated word, from its state
+    (each step's sampling off the event loop, within the request's deadline)."""
     vocab = request.app.state.encoder.vocab
     streams = [GenerationStream(params, vocab, keep_dists=keep_dists) for _ in prompts]
     jobs = {i: StepJob(p.context) for i, p in enumerate(prompts) if not streams[i].finished}
     while jobs:
-        results: list[StepResult] = await run_jobs(request, list(jobs.values()))
-        following = {}
-        for i, r in zip(jobs, results, strict=True):
-            token = streams[i].advance(r.logdist)
-            if token is not None:
-                following[i] = StepJob([token], r.state)
-        jobs = following
+        results: list[StepResult] = await run_jobs(request, list(jobs.values()), deadline)
+
+        def advance(running: dict[int, StepJob] = jobs, results: list[StepResult] = results) -> dict[int, StepJob]:
+            following = {}
+            for i, r in zip(running, results, strict=True):
+                token = streams[i].advance(r.logdist)
+                if token is not None:
+                    following[i] = StepJob([token], r.state)
+            return following
+
+        jobs = await deadline.off_loop(advance)
     return streams
 
 
@@ -252,17 +275,22 @@ async def tokenizer_info(state: Ready) -> TokenizerInfo:
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True, openapi_extra=KEYED)
-async def tokenize(body: TokenizeRequest, state: Ready) -> TokenizeResponse:
+async def tokenize(body: TokenizeRequest, request: Request, state: Ready) -> TokenizeResponse:
     """The prompt's token ids, normalised as /score normalises (a word outside the vocabulary is `<unk>`'s id);
-    `<eos>` is added in front only with add_special_tokens."""
+    `<eos>` is added in front only with add_special_tokens. The normalising runs off the event loop, within the
+    request's deadline."""
     served_model(state, body.model)
-    state.limits.check_text(body.prompt, "prompt")
-    words = text_tokens(state.encoder, body.prompt)
-    state.limits.check_tokens(words, "prompt")
-    encoded = state.encoder.encode(words)
-    ids = encoded.ids if body.add_special_tokens else encoded.ids[1:]
-    strs = state.encoder.vocab.decode(ids) if body.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=state.limits.max_tokens, tokens=ids, token_strs=strs)
+
+    def work() -> TokenizeResponse:
+        state.limits.check_text(body.prompt, "prompt")
+        words = text_tokens(state.encoder, body.prompt)
+        state.limits.check_tokens(words, "prompt")
+        encoded = state.encoder.encode(words)
+        ids = encoded.ids if body.add_special_tokens else encoded.ids[1:]
+        strs = state.encoder.vocab.decode(ids) if body.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=state.limits.max_tokens, tokens=ids, token_strs=strs)
+
+    return await Deadline(request).off_loop(work)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, openapi_extra=KEYED)

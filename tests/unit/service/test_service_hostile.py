@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from service_helpers import assert_envelope, metric, metric_or_zero, parse_metrics, run_async
+
+from service.engine import EngineTimeoutError
+from service.http import Deadline
 
 JSON = {"content-type": "application/json"}
 
@@ -149,11 +153,23 @@ def test_no_well_formed_request_with_hostile_text_gets_a_5xx(client, request: tu
         assert_envelope(r)
 
 
-def test_a_request_whose_text_takes_long_gets_its_504_on_time_and_healthz_is_answered_meanwhile(make_app) -> None:
-    """Normalising 256 sentences of 20,000 characters takes seconds: it runs off the event loop, and the
-    deadline (counted from the request's arrival) ends it at LMSERVE_REQUEST_TIMEOUT_S, not after."""
+HEAVY_TEXT = "(" * 2000 + "the stock market " * 500 + ")" * 2000
+
+
+@pytest.mark.parametrize(
+    ("path", "heavy"),
+    [
+        ("/score", {"sentences": [HEAVY_TEXT] * 200}),
+        ("/v1/completions", {"prompt": [HEAVY_TEXT] * 200, "echo": True, "logprobs": 5, "max_tokens": 50}),
+    ],
+)
+def test_a_request_whose_text_takes_long_gets_its_504_on_time_and_healthz_is_answered_meanwhile(
+    make_app, path: str, heavy: dict
+) -> None:
+    """Normalising 200 texts of 12,500 characters takes seconds: it runs off the event loop, and the deadline
+    (counted from the request's arrival) ends it at LMSERVE_REQUEST_TIMEOUT_S, not after; the OpenAI route
+    goes the same way as the native one."""
     app = make_app(request_timeout_s=0.5)
-    heavy = {"sentences": ["(" * 2000 + "the stock market " * 500 + ")" * 2000] * 200}
 
     async def body(client):
         async def timed(coro):
@@ -161,7 +177,7 @@ def test_a_request_whose_text_takes_long_gets_its_504_on_time_and_healthz_is_ans
             r = await coro
             return r, time.perf_counter() - start
 
-        scoring = asyncio.ensure_future(timed(client.post("/score", json=heavy)))
+        scoring = asyncio.ensure_future(timed(client.post(path, json=heavy)))
         await asyncio.sleep(0.2)  # the heavy request is being prepared
         health = []
         while not scoring.done():
@@ -256,3 +272,22 @@ def test_the_key_is_checked_before_the_body_is_read(make_app) -> None:
     start = time.perf_counter()
     status, _ = _raw_post(app, "/score", chunks, [(b"content-length", b"4194303")])
     assert status == 401 and time.perf_counter() - start < 10
+
+
+def test_the_work_of_a_request_past_its_deadline_stops_at_the_next_item() -> None:
+    """A 504 does not leave a worker thread normalising the rest of the request's texts for seconds."""
+    request = SimpleNamespace(
+        app=SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(request_timeout_s=0.35))),
+        state=SimpleNamespace(arrived=time.monotonic()),
+    )
+    deadline = Deadline(request)  # type: ignore[arg-type]
+    done = []
+
+    def work(item: int) -> int:
+        time.sleep(0.1)
+        done.append(item)
+        return item
+
+    with pytest.raises(EngineTimeoutError):
+        deadline.each(work, range(20))
+    assert 3 <= len(done) <= 5, done

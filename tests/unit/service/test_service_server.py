@@ -19,6 +19,6 @@ def test_forwarded_for_is_not_believed_from_an_unnamed_proxy(service_ckpt, tmp_p
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
-    clients = {line["client"] for line in lines if line["route"] == "/healthz"}
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    clients = {line["client"] for line in lines if line["logger"] == "service.access" and line["route"] == "/healthz"}
     assert clients == {"127.0.0.1"}, clients

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
+from pathlib import Path
 
 import httpx
 from service_helpers import metric, parse_metrics, start_server
@@ -40,3 +43,44 @@ def test_a_single_worker_keeps_its_own_registry_and_process_metrics(service_ckpt
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+def worker_pids(directory: Path) -> set[int]:
+    """The pids of the workers that wrote live gauges into the multiprocess directory."""
+    return {int(p.stem.rsplit("_", 1)[1]) for p in directory.glob("gauge_live*.db")}
+
+
+def test_a_dead_workers_live_gauges_stop_counting(service_ckpt, tmp_path) -> None:
+    """Both workers killed and replaced by uvicorn: the prefix-cache size (a live gauge) is the new workers'
+    (nothing cached yet), not the dead ones' added to it; their files are gone after a scrape."""
+    metrics_dir = tmp_path / "metrics"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc, base = start_server(service_ckpt.path, "--workers", "2", env=env)
+    try:
+        for i in range(20):
+            with httpx.Client(timeout=30) as client:
+                r = client.post(base + "/next-word", json={"prefix": f"the stock market {'rose ' * i}"})
+                assert r.status_code == 200
+        cached = metric(parse_metrics(httpx.get(base + "/metrics", timeout=30).text), "lmserve_prefix_cache_entries")
+        assert cached >= 20
+        old = worker_pids(metrics_dir)
+        assert len(old) == 2, old
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(worker_pids(metrics_dir) - old) < 2:  # uvicorn starts a replacement for each
+            assert time.monotonic() < deadline, "no replacement workers"
+            time.sleep(0.2)
+        for _ in range(50):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.2)
+        samples = parse_metrics(httpx.get(base + "/metrics", timeout=30).text)
+        assert metric(samples, "lmserve_prefix_cache_entries") == 0
+        assert not worker_pids(metrics_dir) & old
+        # What the dead workers counted is kept: counters add up what was done.
+        assert metric(samples, "lmserve_requests_total", endpoint="/next-word", code="200") == 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
