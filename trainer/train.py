@@ -337,7 +337,6 @@ def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.de
     objective: nn.Module = TrainingObjective(model, config.bf16)
     if ranks.distributed:
         objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
-        torch.manual_seed(opts.seed + 1_000_003 * ranks.rank + state.epoch)  # each rank its own dropout masks
 
     train_ids = corpus.train[: opts.train_tokens] if opts.train_tokens else corpus.train
     rank_ids = train_ids
@@ -381,6 +380,10 @@ def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.de
         )
 
     for epoch in range(state.epoch + 1, max_epochs + 1):
+        if ranks.distributed:
+            # Each rank its own dropout masks, drawn from (seed, rank, epoch) alone: only rank 0's RNG state is
+            # saved for --resume, so a resumed epoch must not depend on the RNG of the epochs before it.
+            torch.manual_seed(opts.seed + 1_000_003 * ranks.rank + epoch)
         lr = lr_at(epoch, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
