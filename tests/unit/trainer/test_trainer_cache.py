@@ -79,6 +79,11 @@ def test_cache_is_reused_only_while_its_inputs_are_unchanged(
     (cache / "train.int32").write_bytes(b"\0\0\0\0")  # a damaged cache is rebuilt, never trusted
     cached_corpus(cache, files, WhitespaceTokenizer(), 8, log=messages.append)
     assert "train.int32 is missing or truncated" in messages[-1]
+    itos = (cache / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (cache / "vocab.txt").write_text("\n".join([itos[1], itos[0], *itos[2:]]) + "\n", encoding="utf-8")
+    rebuilt = cached_corpus(cache, files, WhitespaceTokenizer(), 8, log=messages.append)
+    assert "vocab.txt is not the one the streams were encoded with" in messages[-1]
+    assert rebuilt.vocab == first.vocab and torch.equal(rebuilt.train, first.train)
     with pytest.raises(TrainerError, match="no usable data cache"):
         (cache / "meta.json").unlink()
         cached_corpus(cache, files, WhitespaceTokenizer(), 8, build=False, log=messages.append)
