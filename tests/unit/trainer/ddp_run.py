@@ -20,18 +20,19 @@ import trainer.train as train_module
 from trainer.configs import get_config
 
 
-def interrupt_at(epoch: int, window: int) -> None:
+def interrupting_windows(epochs_started: list[int], epoch: int, window: int):
+    """A stand-in for trainer.data.windows that raises KeyboardInterrupt (Ctrl-C) at `window` of `epoch`
+    (also what the single-process resume test interrupts with)."""
     real_windows = train_module.windows
-    started: list[int] = []
 
     def windows(batched: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        started.append(1)
+        epochs_started.append(1)
         for i, item in enumerate(real_windows(batched, num_steps)):
-            if len(started) == epoch and i == window:
+            if len(epochs_started) == epoch and i == window:
                 raise KeyboardInterrupt
             yield item
 
-    train_module.windows = windows
+    return windows
 
 
 def main() -> int:
@@ -42,7 +43,8 @@ def main() -> int:
     args = p.parse_args(sys.argv[1:split])
     trainer.cli.get_config = lambda name, **kw: get_config(name, dropout=args.dropout, **kw)
     if args.interrupt:
-        interrupt_at(*(int(x) for x in args.interrupt.split(":")))
+        epoch, window = (int(x) for x in args.interrupt.split(":"))
+        train_module.windows = interrupting_windows([], epoch, window)
     return trainer.cli.main(sys.argv[split + 1 :])
 
 
