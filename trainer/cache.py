@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lm.tokenizers import Tokenizer
 from lm.vocab import Vocabulary, VocabularyError
-from trainer.data import Corpus, DataFiles, build_vocabulary, closed_vocabulary, encode_stream
+from trainer.data import SPLITS, Corpus, DataFiles, build_vocabulary, closed_vocabulary, encode_stream
 from trainer.errors import TrainerError
 
 CACHE_FORMAT = 1
@@ -94,6 +94,8 @@ def open_cache(cache_dir: Path, key: dict) -> tuple[Corpus | None, str]:
         return None, str(e)
     if _vocab_sha256(vocab) != meta.get("vocab_sha256"):
         return None, f"{VOCAB_FILE} is not the one the streams were encoded with"
+    if not isinstance(meta.get("tokens"), dict) or not isinstance(meta.get("oov"), dict):
+        return None, f"{META_FILE} is not a data cache's"
     streams = {}
     for split, tokens in meta["tokens"].items():
         path = cache_dir / f"{split}.int32"
@@ -103,11 +105,31 @@ def open_cache(cache_dir: Path, key: dict) -> tuple[Corpus | None, str]:
     return Corpus(vocab, streams["train"], streams["valid"], streams.get("test"), oov=meta["oov"]), "reused"
 
 
+def _is_cache_file(path: Path) -> bool:
+    return path.name in (META_FILE, VOCAB_FILE) or (path.suffix == ".int32" and path.stem in SPLITS)
+
+
+def _refuse_other_files(cache_dir: Path) -> None:
+    """A cache is replaced whole: refuse a directory that holds anything but a cache's files (a data
+    directory given by mistake must not be deleted)."""
+    if not cache_dir.exists():
+        return
+    if not cache_dir.is_dir():
+        raise TrainerError(f"--data-cache {cache_dir}: not a directory")
+    others = [p.name for p in cache_dir.iterdir() if not (p.is_file() and _is_cache_file(p))]
+    if others:
+        raise TrainerError(
+            f"--data-cache {cache_dir}: holds other files ({', '.join(sorted(others)[:3])}), so it is not a data "
+            "cache; give a new or empty directory"
+        )
+
+
 def build_cache(
     cache_dir: Path, files: DataFiles, tokenizer: Tokenizer, vocab_size: int | None, min_count: int, key: dict
 ) -> Corpus:
     """Count, build the vocabulary, encode each split straight into its file, then map them: the stream is
     never held in memory. Written into a temporary directory renamed at the end, so a cache is whole or absent."""
+    _refuse_other_files(cache_dir)
     tmp = cache_dir.with_name(cache_dir.name + ".tmp")
     try:
         shutil.rmtree(tmp, ignore_errors=True)

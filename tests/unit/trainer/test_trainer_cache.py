@@ -89,6 +89,13 @@ def test_cache_is_reused_only_while_its_inputs_are_unchanged(
         cached_corpus(cache, files, WhitespaceTokenizer(), 8, build=False, log=messages.append)
 
 
+def test_a_directory_with_other_files_is_never_taken_for_a_cache(fake_ptb_dir: Path, tmp_path: Path) -> None:
+    before = sorted(p.name for p in fake_ptb_dir.iterdir())
+    with pytest.raises(TrainerError, match=r"holds other files \(ptb\.test\.txt.* not a data cache"):
+        cached_corpus(fake_ptb_dir, files_of(fake_ptb_dir), WhitespaceTokenizer(), 8, log=lambda _: None)
+    assert sorted(p.name for p in fake_ptb_dir.iterdir()) == before  # nothing deleted
+
+
 def test_training_from_the_cache_gives_the_in_memory_weights(fake_ptb_dir: Path, tmp_path: Path) -> None:
     common = ["train", "--config", "test", "--data-dir", str(fake_ptb_dir), "--max-epochs", "2", "--no-progress"]
     assert main([*common, "--vocab-size", "8", "--out", str(tmp_path / "memory")]) == 0
