@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         "--vocab-size", type=int, default=None, help="keep the N most frequent words (<unk>, <eos> included)"
     )
     t.add_argument("--min-count", type=int, default=1, help="keep the words seen at least K times in training")
+    t.add_argument(
+        "--data-cache",
+        type=Path,
+        default=None,
+        help="encode the splits into int32 files in DIR and train from them memory-mapped (corpora larger than "
+        "memory); reused while the files, tokenizer and vocabulary options are unchanged",
+    )
     t.add_argument("--batch-size", type=int, default=None, help="rows per step (per process under torchrun)")
     t.add_argument(
         "--adaptive-softmax", action="store_true", help="adaptive-softmax decoder (large vocabularies; no tying)"
@@ -183,6 +190,7 @@ def _train(args: argparse.Namespace) -> None:
         tokenizer=tokenizer,
         vocab_size=args.vocab_size,
         min_count=args.min_count,
+        data_cache=args.data_cache,
     )
     try:
         train(config, opts)

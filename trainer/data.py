@@ -17,13 +17,14 @@ import gzip
 import os
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from lm.checkpoint import sha256_file
 from lm.tokenizers import Tokenizer, WhitespaceTokenizer
 from lm.vocab import EOS, UNK, Vocabulary
 from trainer.errors import TrainerError
@@ -103,16 +104,24 @@ class EncodedSplit:
     oov: int
 
 
-def encode_file(
-    path: str | Path, vocab: Vocabulary, tokenizer: Tokenizer | None = None, closed: bool = False
-) -> EncodedSplit:
-    """Encode a file in one streaming pass into int32 ids; a word outside `vocab` becomes `<unk>` (counted),
-    or, with `closed`, is an error naming a few of them (PTB's valid and test words are all in its vocabulary).
-    """
+ENCODE_CHUNK_TOKENS = 1 << 18  # what the encoder hands on at a time: 1 MiB of int32 ids
+
+
+def encode_stream(
+    path: str | Path,
+    vocab: Vocabulary,
+    write: Callable[[array], object],
+    tokenizer: Tokenizer | None = None,
+    closed: bool = False,
+) -> tuple[int, int]:
+    """Encode a file in one streaming pass, handing the int32 ids to `write` in chunks of about
+    ENCODE_CHUNK_TOKENS (an array each, in order); returns (tokens, out-of-vocabulary tokens). A word outside
+    `vocab` becomes `<unk>` (counted) or, with `closed`, is an error naming a few of them (PTB's valid and test
+    words are all in its vocabulary). The one encoder of the in-memory stream and of the on-disk one."""
     tokenizer = tokenizer or WhitespaceTokenizer()
     stoi, eos = vocab.stoi, vocab.eos_id
-    ids = array("i")  # 4 bytes a token, grown in place
-    oov = 0
+    chunk = array("i")  # 4 bytes a token
+    tokens = oov = 0
     examples: dict[str, None] = {}
     for line in read_lines(path):
         words = tokenizer.tokenize_corpus_line(line)
@@ -124,9 +133,16 @@ def encode_file(
                     line_ids[i] = vocab.unk_id
                     if len(examples) < 5:
                         examples[w] = None
-        ids.extend(line_ids)
-        ids.append(eos)
-    if len(ids) < 2:
+        chunk.extend(line_ids)
+        chunk.append(eos)
+        if len(chunk) >= ENCODE_CHUNK_TOKENS:
+            tokens += len(chunk)
+            write(chunk)
+            chunk = array("i")
+    tokens += len(chunk)
+    if chunk:
+        write(chunk)
+    if tokens < 2:
         raise TrainerError(f"{path}: too few tokens to train or evaluate on")
     if closed and oov:
         raise TrainerError(
@@ -134,7 +150,16 @@ def encode_file(
             f"{', '.join(repr(w) for w in examples)}; this file does not match the vocabulary (PTB maps rare "
             f"words to {UNK} already; pass --vocab-size or --min-count to map them to {UNK})"
         )
-    return EncodedSplit(torch.frombuffer(ids, dtype=torch.int32) if ids else torch.zeros(0, dtype=torch.int32), oov)
+    return tokens, oov
+
+
+def encode_file(
+    path: str | Path, vocab: Vocabulary, tokenizer: Tokenizer | None = None, closed: bool = False
+) -> EncodedSplit:
+    """Encode a file in one streaming pass into an int32 tensor in memory (see encode_stream)."""
+    ids = array("i")  # grown in place
+    _, oov = encode_stream(path, vocab, ids.extend, tokenizer, closed)
+    return EncodedSplit(torch.frombuffer(ids, dtype=torch.int32), oov)
 
 
 def encode_split(path: str | Path, vocab: Vocabulary, tokenizer: Tokenizer | None = None) -> Tensor:
@@ -179,6 +204,16 @@ class DataFiles:
         """(split, path) of the splits present."""
         return [(s, p) for s, p in zip(SPLITS, (self.train, self.valid, self.test), strict=True) if p is not None]
 
+    def sha256(self) -> dict[str, str]:
+        """Each split file's sha256 (what config.json records, and what keys a data cache)."""
+        for _, path in self.items():
+            if not path.is_file():
+                raise _missing(path)
+        try:
+            return {s: sha256_file(p) for s, p in self.items()}
+        except OSError as e:
+            raise TrainerError(f"{e.filename}: cannot read ({e.strerror})") from None
+
 
 @dataclass
 class Corpus:
@@ -193,7 +228,29 @@ class Corpus:
     def unk_tokens(self) -> dict[str, int]:
         """Per split, the tokens that are `<unk>` in the stream (words mapped to it, and any `<unk>` in the text)."""
         streams = {"train": self.train, "valid": self.valid, "test": self.test}
-        return {s: int((t == self.vocab.unk_id).sum()) for s, t in streams.items() if t is not None}
+        return {s: count_id(t, self.vocab.unk_id) for s, t in streams.items() if t is not None}
+
+
+def count_id(ids: Tensor, token_id: int, chunk: int = 1 << 22) -> int:
+    """How often `token_id` occurs in `ids`, a chunk at a time (a memory-mapped stream is never copied whole)."""
+    return sum(int((ids[i : i + chunk] == token_id).sum()) for i in range(0, ids.numel(), chunk))
+
+
+def build_vocabulary(
+    train: str | Path, tokenizer: Tokenizer | None = None, vocab_size: int | None = None, min_count: int = 1
+) -> Vocabulary:
+    """The training file's vocabulary (the counting pass): every word, or the `vocab_size` most frequent /
+    those seen `min_count` times."""
+    counts = count_words(train, tokenizer)
+    try:
+        return Vocabulary.from_counts(counts, max_size=vocab_size, min_count=min_count)
+    except ValueError as e:
+        raise TrainerError(str(e)) from None
+
+
+def closed_vocabulary(vocab_size: int | None, min_count: int) -> bool:
+    """Without a limit the vocabulary is every training word, and a valid or test word outside it an error."""
+    return vocab_size is None and min_count <= 1
 
 
 def load_corpus(
@@ -210,13 +267,8 @@ def load_corpus(
     every other word becoming `<unk>` in all splits.
     """
     files = source if isinstance(source, DataFiles) else DataFiles.from_dir(source)
-    closed = vocab_size is None and min_count <= 1
-    if vocab is None:
-        counts = count_words(files.train, tokenizer)
-        try:
-            vocab = Vocabulary.from_counts(counts, max_size=vocab_size, min_count=min_count)
-        except ValueError as e:
-            raise TrainerError(str(e)) from None
+    closed = closed_vocabulary(vocab_size, min_count)
+    vocab = vocab or build_vocabulary(files.train, tokenizer, vocab_size, min_count)
     encoded = {s: encode_file(p, vocab, tokenizer, closed=closed and s != "train") for s, p in files.items()}
     return Corpus(
         vocab,

@@ -31,12 +31,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lm.checkpoint import load_checkpoint, save_checkpoint, sha256_file, update_metrics
+from lm.checkpoint import load_checkpoint, save_checkpoint, update_metrics
 from lm.model import LSTMLanguageModel, State, detach_state, native_bf16
 from lm.model import resolve_device as lm_resolve_device
 from lm.scoring import stream_nll
 from lm.tokenizers import Tokenizer, TokenizerError, make_tokenizer
 from trainer.averaging import ParameterAverager
+from trainer.cache import cached_corpus
 from trainer.configs import TrainConfig, lr_at
 from trainer.data import Corpus, DataFiles, batchify, load_corpus, num_windows, shard, windows
 from trainer.distributed import Ranks, barrier, close, init_process_group, ranks_from_env
@@ -72,6 +73,7 @@ class RunOptions:
     tokenizer: dict | str | None = None  # a spec (lm.tokenizers); None: ptb for ptb.*.txt files, else whitespace
     vocab_size: int | None = None  # keep the N most frequent words (<unk> and <eos> included)
     min_count: int = 1  # keep the words seen at least K times
+    data_cache: Path | None = None  # encode the splits into files here and train from a memory-mapped view
 
     def files(self) -> DataFiles:
         return DataFiles.resolve(self.data_dir, self.train_file, self.valid_file, self.test_file)
@@ -275,15 +277,28 @@ def train_epoch(
     return EpochResult(math.exp(total_nll / total_tokens), total_tokens, time.perf_counter() - t0)
 
 
-def _read_corpus(opts: RunOptions) -> tuple[Corpus, DataFiles, Tokenizer]:
+def _read_corpus(opts: RunOptions, ranks: Ranks) -> tuple[Corpus, DataFiles, Tokenizer, dict[str, str]]:
+    """The corpus as id streams (in memory, or memory-mapped from `opts.data_cache`), its files, the tokenizer
+    and each file's sha256. With a cache under torchrun, rank 0 writes it and the other ranks map it."""
     if opts.vocab_size is not None and opts.vocab_size < 2:
         raise TrainerError(f"--vocab-size must be at least 2 (<unk> and <eos>), not {opts.vocab_size}")
     if opts.min_count < 1:
         raise TrainerError(f"--min-count must be at least 1, not {opts.min_count}")
     files = opts.files()
     tokenizer = opts.make_tokenizer(files)
-    corpus = load_corpus(files, tokenizer=tokenizer, vocab_size=opts.vocab_size, min_count=opts.min_count)
-    return corpus, files, tokenizer
+    if opts.data_cache is None:
+        corpus = load_corpus(files, tokenizer=tokenizer, vocab_size=opts.vocab_size, min_count=opts.min_count)
+        return corpus, files, tokenizer, files.sha256()
+    sha256 = files.sha256()
+    log = opts.log if ranks.is_main else (lambda _msg: None)
+    if ranks.is_main:
+        corpus = cached_corpus(opts.data_cache, files, tokenizer, opts.vocab_size, opts.min_count, sha256, log=log)
+    barrier(ranks)  # the cache is complete before the other ranks map it
+    if not ranks.is_main:
+        corpus = cached_corpus(
+            opts.data_cache, files, tokenizer, opts.vocab_size, opts.min_count, sha256, build=False, log=log
+        )
+    return corpus, files, tokenizer, sha256
 
 
 def train(config: TrainConfig, opts: RunOptions) -> dict:
@@ -303,7 +318,7 @@ def train(config: TrainConfig, opts: RunOptions) -> dict:
 def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.device) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    corpus, files, tokenizer = _read_corpus(opts)
+    corpus, files, tokenizer, sha256 = _read_corpus(opts, ranks)
     if ranks.is_main:
         _prepare_out(opts, config)
     barrier(ranks)  # the other ranks read .resume/ only once rank 0 has checked it
@@ -322,7 +337,6 @@ def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.de
     objective: nn.Module = TrainingObjective(model, config.bf16)
     if ranks.distributed:
         objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
-        torch.manual_seed(opts.seed + 1_000_003 * ranks.rank + state.epoch)  # each rank its own dropout masks
 
     train_ids = corpus.train[: opts.train_tokens] if opts.train_tokens else corpus.train
     rank_ids = train_ids
@@ -348,7 +362,7 @@ def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.de
         "dry_run": opts.dry_run,
         "train_tokens": int(train_ids.numel()),
         "data_files": {s: str(p) for s, p in files.items()},
-        "data_sha256": {s: sha256_file(p) for s, p in files.items()},
+        "data_sha256": sha256,
         "vocab_size_limit": opts.vocab_size,
         "min_count": opts.min_count,
         "unk_tokens": unk,
@@ -366,6 +380,10 @@ def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.de
         )
 
     for epoch in range(state.epoch + 1, max_epochs + 1):
+        if ranks.distributed:
+            # Each rank its own dropout masks, drawn from (seed, rank, epoch) alone: only rank 0's RNG state is
+            # saved for --resume, so a resumed epoch must not depend on the RNG of the epochs before it.
+            torch.manual_seed(opts.seed + 1_000_003 * ranks.rank + epoch)
         lr = lr_at(epoch, config)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -4,6 +4,7 @@ lifespan, which must tokenize raw text as the model was trained and score it exa
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -81,3 +82,17 @@ def test_train_serve_and_score(trained: Path, corpus_dir: Path) -> None:
         top = torch.topk(dist, 5)
         assert [w["word"] for w in nxt["top_k"]] == ckpt.vocab.decode(top.indices.tolist())
         assert [w["logprob"] for w in nxt["top_k"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_results_table_is_read_from_each_runs_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.sample_corpus import main as results_table
+
+    argv = ["--out", str(tmp_path), "--runs", "words-lowercase", "--config", "test", "--epochs", "1"]
+    results_table([*argv, "--train-tokens", "3000"])
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "pydoc-words-lowercase" / "config.json").read_text(encoding="utf-8"))
+    assert meta["tokenizer"] == {"name": "words", "lowercase": True} and meta["training"]["max_epochs_run"] == 1
+    row = out.strip().splitlines()[-1]
+    assert row.startswith("| `words --lowercase` | " + f"{meta['vocab_size']:,} |")
+    assert row.endswith(f"| 1 | {meta['metrics']['valid_ppl']:.2f} | {meta['metrics']['test_ppl']:.2f} |")
+    assert f"(of 3,000 / {meta['metrics']['valid_predictions'] + 1:,} /" in row

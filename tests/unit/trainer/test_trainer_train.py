@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from ddp_run import interrupting_windows  # tests/unit/trainer: the Ctrl-C stand-in
 from safetensors.torch import load_file
 
 import trainer.train as train_module
@@ -124,20 +124,6 @@ def straight_run(ptb_tiny_eval_dir: Path, tmp_path_factory: pytest.TempPathFacto
         )
     assert sorted(records) == [1, 2]
     return out, metrics, records
-
-
-def interrupting_windows(epochs_started: list[int], epoch: int, window: int):
-    """A stand-in for trainer.data.windows that raises KeyboardInterrupt (Ctrl-C) at `window` of `epoch`."""
-    real_windows = train_module.windows
-
-    def windows(batched: torch.Tensor, num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epochs_started.append(1)
-        for i, item in enumerate(real_windows(batched, num_steps)):
-            if len(epochs_started) == epoch and i == window:
-                raise KeyboardInterrupt
-            yield item
-
-    return windows
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
