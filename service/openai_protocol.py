@@ -15,13 +15,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.schemas import HARD_MAX_CHARS, HARD_MAX_ITEMS
+from service.schemas import HARD_MAX_CHARS, HARD_MAX_ITEMS, TextRequest
 
 # One prompt: text, or token ids; or several of either.
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-class _OpenAIRequest(BaseModel):
+class _OpenAIRequest(TextRequest):
     model_config = ConfigDict(extra="ignore")
 
 

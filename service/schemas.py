@@ -14,24 +14,48 @@ HARD_MAX_ITEMS = 100_000
 HARD_MAX_CHARS = 10_000_000
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+def lone_surrogate(value: Any) -> tuple[tuple[int | str, ...], int, str] | None:
+    """The first lone surrogate (JSON's `"\\ud800"`) anywhere in a parsed JSON value, strings, object keys and
+    nested lists alike: (the path to its string, its position there, the character); None when there is none.
+    Iterative, so that no nesting depth can exhaust the stack."""
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    return path, e.start, item[e.start]
+        elif isinstance(item, list | tuple):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            for key, v in reversed(list(item.items())):
+                stack.append(((*path, key), v))
+                stack.append(((*path, key), key))
+    return None
+
+
+class TextRequest(BaseModel):
+    """A request body whose every string is Unicode text: a lone surrogate in any field, however deep in lists
+    or objects, is refused as that field's 422, before anything runs (it could not be written into an answer)."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _valid_unicode(cls, value: Any) -> Any:
-        """A lone surrogate (JSON's `"\\ud800"`) is not text: refused here, not when the answer is encoded."""
-        for i, item in enumerate(value if isinstance(value, list) else [value]):
-            if isinstance(item, str) and not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    where = f"item {i}, " if isinstance(value, list) else ""
-                    raise ValueError(
-                        f"{where}character {e.start} is a lone surrogate (U+{ord(item[e.start]):04X}), not Unicode "
-                        "text: encode the text as UTF-8, or escape it as a surrogate pair"
-                    ) from None
+        found = lone_surrogate(value)
+        if found is not None:
+            path, position, char = found
+            where = "".join(f"item {p}, " if i == 0 else f"[{p!r}] " for i, p in enumerate(path))
+            raise ValueError(
+                f"{where}character {position} is a lone surrogate (U+{ord(char):04X}), not Unicode "
+                "text: encode the text as UTF-8, or escape it as a surrogate pair"
+            )
         return value
+
+
+class _Request(TextRequest):
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class ScoreRequest(_Request):

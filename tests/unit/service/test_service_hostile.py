@@ -18,6 +18,7 @@ from service_helpers import assert_envelope, metric, metric_or_zero, parse_metri
 
 from service.engine import EngineTimeoutError
 from service.http import Deadline
+from service.schemas import lone_surrogate
 
 JSON = {"content-type": "application/json"}
 
@@ -49,11 +50,26 @@ def test_pathological_words_are_answered(client, path: str, body: dict) -> None:
         ("/score", '{"sentences": ["ok", "\\ud800"]}', "sentences"),
         ("/next-word", '{"prefix": "the", "candidates": ["\\udfff"]}', "candidates"),
         ("/next-word", '{"prefixes": ["\\ud800 the"]}', "prefixes"),
+        ("/v1/completions", '{"prompt": "\\ud800", "echo": true, "logprobs": 1, "max_tokens": 0}', "prompt"),
+        ("/v1/completions", '{"prompt": ["ok", "a\\udc00"], "max_tokens": 1}', "prompt"),
+        ("/v1/completions", '{"prompt": "the", "max_tokens": 2, "stop": ["\\ud800"]}', "stop"),
+        ("/v1/completions", '{"prompt": "the", "max_tokens": 0, "user": "\\udbff"}', "user"),
+        ("/tokenize", '{"prompt": "the \\ud800"}', "prompt"),
     ],
 )
 def test_a_lone_surrogate_is_refused_wherever_it_is(client, path: str, body: str, where: str) -> None:
     error = assert_envelope(post_raw(client, path, body), 422, "invalid_request")
     assert error["message"].startswith(f"{where}: ") and "surrogate" in error["message"]
+
+
+def test_lone_surrogates_are_found_in_nested_values_and_keys() -> None:
+    assert lone_surrogate({"a": ["ok", {"b": [1, "x\ud800"]}]}) == (("a", 1, "b", 1), 1, "\ud800")
+    assert lone_surrogate({"\udc00": 1}) == (("\udc00",), 0, "\udc00")
+    assert lone_surrogate(["ok", "\U0001f600", 3, None]) is None
+    deep: list = ["\ud800"]
+    for _ in range(100_000):  # deeper than any recursion limit
+        deep = [deep]
+    assert lone_surrogate(deep) == ((0,) * 100_000 + (0,), 0, "\ud800")
 
 
 def test_a_surrogate_pair_is_text(client) -> None:
