@@ -2,7 +2,8 @@
 
     python -m benchmarks.http_load --peers                  # the whole comparison (about 7 minutes), writes its
                                                             # section of docs/benchmarks.md
-    python -m benchmarks.http_load --peers --seconds 2 --concurrency 64 --peer-setups lmserve litserve --no-write
+    python -m benchmarks.http_load --peers --seconds 2 --concurrency 64 --peer-setups lmserve litserve \
+        --litserve-flags="--max-batch-size 32 --batch-timeout 0.002" --no-write
 
 Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32), `no-batching` (the same with
 LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's `max_batch_size`/`batch_timeout` batching around plain
@@ -227,7 +228,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
     p.add_argument("--peer-setups", nargs="+", default=list(PEER_SETUPS), choices=PEER_SETUPS)
     p.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
-    p.add_argument("--litserve-flags", nargs="+", default=None, help="skip the sweep: LitServe with these flags")
+    p.add_argument(
+        "--litserve-flags", default=None, help="skip the sweep: LitServe with these flags ('--max-batch-size 32 ...')"
+    )
     p.add_argument("--sweep-seconds", type=float, default=3.0)
     p.add_argument("--model", default=str(REPO / "models" / "ptb-cpu"))
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -265,7 +268,7 @@ def main(argv: list[str]) -> None:
     flags: dict[str, list[str]] = {}
     if "litserve" in args.peer_setups:
         if args.litserve_flags:
-            flags["litserve"] = args.litserve_flags
+            flags["litserve"] = args.litserve_flags.split()
         else:
             flags["litserve"], sweep = sweep_litserve(args.model, run, args.sweep_seconds)
             if not flags["litserve"]:

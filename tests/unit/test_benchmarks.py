@@ -216,3 +216,35 @@ def _compare_with_peer(client, model_dir: Path, ScoreAPI, NextWordAPI, PlainTorc
     top = [(w["word"], w["logprob"]) for w in theirs["results"][0]["top_k"]]
     assert [(w["word"], pytest.approx(w["logprob"], rel=1e-5)) for w in ours["results"][0]["top_k"]] == top
     assert theirs["results"][0]["tokens"] == ours["results"][0]["tokens"]
+
+
+def test_bf16_accuracy_compares_every_prediction() -> None:
+    out = run("benchmarks.bf16_accuracy", "--sentences", "10")
+    (row,) = table_rows(out)
+    assert row[0] == "sentences (as /score)"
+    assert float(row[5]) >= 0  # max diff
+    assert "bf16 m" in out  # the verdict, either way
+
+
+def test_scaling_benchmark_times_lengths_and_compositions() -> None:
+    out = run("benchmarks.scaling", "--lengths", "1", "8", "--repeats", "1", "--short", "2", "--long", "8")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "8"]
+    assert all(float(r[1]) > 0 for r in rows)
+    assert "| mixed (16 + 16) |" in out
+
+
+def test_the_profile_summary_counts_busy_samples_per_thread() -> None:
+    from benchmarks.profile_server import summarise
+
+    raw = (
+        "thread (1): MainThread;main (a.py:1);Runner.run (asyncio/runners.py:118) 6\n"
+        "thread (1): MainThread;main (a.py:1);Runner.run (asyncio/runners.py:118);send (b.py:9) 3\n"
+        "thread (1): MainThread;main (a.py:1);Runner.run (asyncio/runners.py:118);parse (c.py:4) 1\n"
+        "thread (2): lm-forward_0;_worker (concurrent/futures/thread.py:81) 5\n"
+        "thread (2): lm-forward_0;_worker (concurrent/futures/thread.py:81);forward (m.py:3) 5\n"
+    )
+    out = summarise(raw)
+    assert "MainThread: busy in 40% of 10 samples" in out and "lm-forward: busy in 50% of 10 samples" in out
+    assert "75.0%  send (b.py)" in out and "25.0%  parse (c.py)" in out
+    assert "main (a.py)" not in out  # on every busy stack
