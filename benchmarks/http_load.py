@@ -2,6 +2,7 @@
 
     python -m benchmarks.http_load                      # every endpoint, concurrency 1-128, three server setups
     python -m benchmarks.http_load --seconds 3 --concurrency 8 64 --setups batching --no-write
+    python -m benchmarks.http_load --peers              # against LitServe, Ray Serve (benchmarks/peers/compare.py)
     python -m benchmarks.http_load --device cuda --model runs/gpu/models/ptb-large --setups batching \
         --endpoints "/score 1" --concurrency 1 8 32 64 128 256 --no-write --json http.json
 
@@ -28,6 +29,7 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -217,6 +219,12 @@ def report_rows(report: Path = REPORT) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--peers"]:  # the comparison with other serving frameworks: benchmarks/peers/compare.py
+        from benchmarks.peers import compare
+
+        compare.main(argv[1:])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64, 128])

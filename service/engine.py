@@ -29,6 +29,8 @@ from service.settings import Settings
 
 log = logging.getLogger("service.engine")
 
+DISCONNECT_POLL_S = 0.1  # how often `run` asks whether the caller is still there
+
 
 class Job(Protocol):
     """What the engine needs of a job: its size in tokens, for batching."""
@@ -151,25 +153,31 @@ class BatchingEngine(Generic[J, R]):
 
         Raises QueueFullError (they do not fit; nothing queued), EngineStoppedError, EngineTimeoutError past
         `timeout` seconds (default: request_timeout_s) and ClientGoneError once `is_disconnected()` answers true
-        (polled every 0.1 s); in the last two cases the jobs are cancelled and never computed. A job whose
-        batch failed raises that batch's exception. `on_batch(n)` is told the size of each batch a job runs in.
+        (asked every DISCONNECT_POLL_S while it waits); in the last two cases, and when the caller is cancelled,
+        the jobs are cancelled and never computed. A job whose batch failed raises that batch's exception.
+        `on_batch(n)` is told the size of each batch a job runs in.
         """
         timeout = self.timeout if timeout is None else timeout
-        results = asyncio.ensure_future(asyncio.gather(*self.submit(jobs, on_batch)))
-        waits: set[asyncio.Future] = {results}
-        gone = asyncio.ensure_future(_until_true(is_disconnected)) if is_disconnected is not None else None
-        if gone is not None:
-            waits.add(gone)
+        futures = self.submit(jobs, on_batch)
+        # One job (most calls) is waited on as its own future; several, as one gather of theirs.
+        results = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+        end = time.monotonic() + timeout
+        gone = False
         try:
-            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            # No task per call: the wait is cut in slices of DISCONNECT_POLL_S and the client is asked between
+            # them, so that a call answered within the first slice (most of them, under load) never asks at all.
+            while (left := end - time.monotonic()) > 0:
+                done, _ = await asyncio.wait((results,), timeout=min(left, DISCONNECT_POLL_S))
+                if done:
+                    return [results.result()] if results is futures[0] else results.result()
+                if is_disconnected is not None and await is_disconnected():
+                    gone = True
+                    break
         finally:
-            if gone is not None:
-                gone.cancel()
-        if results in done:
-            return results.result()
-        results.cancel()  # cancels every future: the worker skips them
-        results.add_done_callback(_retrieve)  # the cancellation is the outcome: nothing left to log
-        if gone is not None and gone in done:
+            if not results.done():
+                results.cancel()  # cancels every future: the worker skips them
+                results.add_done_callback(_retrieve)  # the cancellation is the outcome: nothing left to log
+        if gone:
             raise ClientGoneError("the client closed the connection; the work was dropped")
         raise EngineTimeoutError(timeout)
 
@@ -276,12 +284,6 @@ class BatchingEngine(Generic[J, R]):
             for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():
                     entry.future.set_result(result)
-
-
-async def _until_true(check: Callable[[], Awaitable[bool]], poll_s: float = 0.1) -> None:
-    """Returns once `check()` answers true (a client that closed its connection)."""
-    while not await check():
-        await asyncio.sleep(poll_s)
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -19,9 +19,10 @@ from service.errors import not_ready
 T = TypeVar("T")
 
 
-def ready(request: Request) -> State:
+async def ready(request: Request) -> State:
     """The app's collaborators (ckpt, runner, engine, encoder, limits, metrics, settings), once the lifespan
-    has loaded the model: 503 `not_ready` before, never a 500."""
+    has loaded the model: 503 `not_ready` before, never a 500. Async, so that FastAPI calls it on the event
+    loop: a plain `def` dependency is sent to a worker thread for every request."""
     state = request.app.state
     if not state.ready:
         raise not_ready()
@@ -37,7 +38,7 @@ class Deadline:
 
     The request's own CPU work (normalising, building a large answer) runs in a worker thread, so that the
     event loop keeps answering `/healthz` and refusing overload at once; past the deadline the client gets its
-    504 on time, and the thread's result is dropped.
+    504 on time, and the thread's result is dropped. A small request's work runs on the loop (`inline`).
     """
 
     def __init__(self, request: Request) -> None:
@@ -62,10 +63,15 @@ class Deadline:
             done.append(work(item))
         return done
 
-    async def off_loop(self, work: Callable[[], T]) -> T:
-        """`work()` in a worker thread, within the deadline."""
+    async def off_loop(self, work: Callable[[], T], *, inline: bool = False) -> T:
+        """`work()` in a worker thread, within the deadline; on the event loop itself when the caller says it
+        is small (`inline`): for a few sentences the hand-off to a thread costs more than the work."""
+        if inline:
+            self.left()
+            return work()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(work), self.left())
+            async with asyncio.timeout(self.left()):
+                return await asyncio.to_thread(work)
         except TimeoutError:
             raise EngineTimeoutError(self.timeout) from None
 

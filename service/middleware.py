@@ -161,7 +161,8 @@ class Guard:
         more = True
         while more:
             try:
-                message = await asyncio.wait_for(request.receive(), self.body_timeout_s)
+                async with asyncio.timeout(self.body_timeout_s):  # no task per read, unlike wait_for
+                    message = await request.receive()
             except TimeoutError:
                 e = APIError(
                     408,

@@ -28,6 +28,11 @@ from service.schemas import (
     WordProb,
 )
 
+# A request at most this large is prepared and answered on the event loop (`small`): a few sentences or prefixes,
+# tens of microseconds of work; anything larger goes to a worker thread, so the loop stays free for other requests.
+INLINE_CHARS = 2048
+INLINE_ITEMS = 256
+
 router = APIRouter(tags=["scoring"], responses=ERROR_RESPONSES, route_class=GuardedRoute)
 
 
@@ -38,20 +43,24 @@ async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     state.limits.check_count(len(texts), "sentences")
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
+    inline = small(texts, len(texts))
     encoded = await deadline.off_loop(
         lambda: deadline.each(
             lambda t: encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos), texts
-        )
+        ),
+        inline=inline,
     )
     scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded], deadline)
-    results = await deadline.off_loop(
-        lambda: [score_result(t, e, s, body.per_token) for t, e, s in zip(texts, encoded, scores, strict=True)]
-    )
-    m = state.metrics
-    m.tokens_scored.labels("/score").inc(sum(r.num_tokens for r in results))
-    m.oov_tokens.inc(sum(r.num_oov for r in results))
-    m.nll.inc(-sum(r.logprob for r in results))
-    return await deadline.off_loop(lambda: json_body(ScoreResponse(model=state.ckpt.name, results=results)))
+
+    def answer() -> Response:
+        results = [score_result(t, e, s, body.per_token) for t, e, s in zip(texts, encoded, scores, strict=True)]
+        m = state.metrics
+        m.tokens_scored.labels("/score").inc(sum(r.num_tokens for r in results))
+        m.oov_tokens.inc(sum(r.num_oov for r in results))
+        m.nll.inc(-sum(r.logprob for r in results))
+        return json_body(ScoreResponse(model=state.ckpt.name, results=results))
+
+    return await deadline.off_loop(answer, inline=inline)
 
 
 @router.post("/next-word", response_model=NextWordResponse, openapi_extra=KEYED)
@@ -65,8 +74,10 @@ async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Re
     state.limits.check_answer_words(len(texts), top_k, len(body.candidates or ()))
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
+    inline = small(texts, len(texts) * (top_k + len(body.candidates or ())))
     encoded = await deadline.off_loop(
-        lambda: deadline.each(lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), texts)
+        lambda: deadline.each(lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), texts),
+        inline=inline,
     )
     dists = await run_jobs(request, [NextJob(e.ids) for e in encoded], deadline)
     state.metrics.tokens_scored.labels("/next-word").inc(len(encoded))
@@ -78,7 +89,14 @@ async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Re
         ]
         return json_body(NextWordResponse(model=state.ckpt.name, results=results))
 
-    return await deadline.off_loop(answer)
+    return await deadline.off_loop(answer, inline=inline)
+
+
+def small(texts: list[str], answer_items: int) -> bool:
+    """Whether a request's own CPU work (normalising its texts, building an answer of `answer_items` numbers or
+    words) is small enough to run on the event loop: a hand-off to a worker thread and back costs more than it
+    (and, on a CPU the forward pass keeps busy, waits for the GIL twice)."""
+    return answer_items <= INLINE_ITEMS and sum(map(len, texts)) <= INLINE_CHARS
 
 
 def encode_sentence(encoder: SentenceEncoder, limits: Limits, text: str, normalize: bool, add_eos: bool) -> Encoded:

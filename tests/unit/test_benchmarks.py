@@ -142,3 +142,109 @@ def test_generation_benchmark_runs_in_process_and_over_http() -> None:
     for row in rows:
         assert float(row[1].replace(",", "")) > 0 and float(row[2].replace(",", "")) > 0  # in process, over HTTP
     assert "| streams | words 1-1 ms | words 3-3 ms | ratio |" in out
+
+
+def test_http_load_hands_peers_flags_to_the_comparison(monkeypatch) -> None:
+    from benchmarks import http_load
+    from benchmarks.peers import compare
+
+    seen = []
+    monkeypatch.setattr(compare, "main", seen.append)
+    http_load.main(["--peers", "--seconds", "2", "--peer-setups", "lmserve", "litserve"])
+    assert seen == [["--seconds", "2", "--peer-setups", "lmserve", "litserve"]]
+
+
+def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
+    from benchmarks.peers.compare import Point, engine_rows, ratio, ratio_rows, targets
+
+    results = {
+        ("lmserve", "/score 1", 64): Point(600, 50, 150, 0, batch=31.6),
+        ("litserve", "/score 1", 64): Point(200, 300, 400, 0),
+        ("ray-serve", "/score 1", 64): Point(300, 250, 120, 0),
+        ("lmserve", "/next-word", 64): Point(900, 40, 90, 0, batch=50.0),
+        ("litserve", "/next-word", 64): Point(500, 100, 200, 0),
+    }
+    header, rows = ratio_rows(results)
+    assert header[:4] == ["endpoint", "conc.", "ours / litserve", "ours / ray-serve"]
+    assert rows[0][:4] == ["/score 1", "64", "3.00x", "2.00x"]
+    assert rows[1][:4] == ["/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
+    assert ratio(5, 0) == "-"  # a peer that answered nothing: no ratio, no crash
+    engine = engine_rows(results, {32: 15000.0}, {"/score 1": 20.0, "/next-word": 1.0})
+    assert engine == [["64", "31.6", "12,000", "15,000", "80%"]]
+    lines = targets(results, engine)
+    # 2.00x the best peer (ray-serve) but its p99 is lower than ours: not met; /next-word 1.80x: met; 80%: met.
+    assert "ray-serve's 300" in lines[0] and "2.00x, **not met**" in lines[0]
+    assert "1.80x, **met**" in lines[1] and "80%, **met**" in lines[2]
+    results[("ray-serve", "/score 1", 64)] = Point(300, 250, 200, 0)
+    assert "2.00x, **met**" in targets(results, engine)[0]
+
+
+def test_the_peers_answer_our_request_with_our_numbers() -> None:
+    # One request, as wrk sends it, to the service and to a peer's request/response code: the fields the peer
+    # answers are ours, with our values (float32 both sides; the peer pads a batch, so not bit for bit).
+    pytest.importorskip("litserve", reason="the peers are in the peers extra: pip install -e '.[peers]'")
+    from fastapi.testclient import TestClient
+
+    from benchmarks.peers.litserve_server import NextWordAPI, ScoreAPI
+    from benchmarks.peers.plain_torch import PlainTorchModel
+    from service.app import create_app
+    from service.settings import Settings
+
+    model_dir = REPO / "models" / "ptb-cpu"
+    with TestClient(create_app(Settings(model=model_dir, device="cpu"))) as client:
+        _compare_with_peer(client, model_dir, ScoreAPI, NextWordAPI, PlainTorchModel)
+
+
+def _compare_with_peer(client, model_dir: Path, ScoreAPI, NextWordAPI, PlainTorchModel) -> None:
+    body = {"text": "the company said its sales rose"}
+    ours = client.post("/score", json=body).json()
+    api = ScoreAPI(str(model_dir), None)
+    api.lm = PlainTorchModel(model_dir)
+    (out,) = api.predict([api.decode_request(body)])
+    theirs = api.encode_response(out)
+    assert theirs.keys() == ours.keys() and theirs["model"] == ours["model"]
+    for key, value in theirs["results"][0].items():
+        expected = pytest.approx(value, rel=1e-5) if isinstance(value, float) else value
+        assert ours["results"][0][key] == expected, key
+
+    body = {"prefix": "the company said", "top_k": 3}
+    ours = client.post("/next-word", json=body).json()
+    api = NextWordAPI(str(model_dir), None)
+    api.lm = PlainTorchModel(model_dir)
+    (out,) = api.predict([api.decode_request(body)])
+    theirs = api.encode_response(out)
+    top = [(w["word"], w["logprob"]) for w in theirs["results"][0]["top_k"]]
+    assert [(w["word"], pytest.approx(w["logprob"], rel=1e-5)) for w in ours["results"][0]["top_k"]] == top
+    assert theirs["results"][0]["tokens"] == ours["results"][0]["tokens"]
+
+
+def test_bf16_accuracy_compares_every_prediction() -> None:
+    out = run("benchmarks.bf16_accuracy", "--sentences", "10")
+    (row,) = table_rows(out)
+    assert row[0] == "sentences (as /score)"
+    assert float(row[5]) >= 0  # max diff
+    assert "bf16 m" in out  # the verdict, either way
+
+
+def test_scaling_benchmark_times_lengths_and_compositions() -> None:
+    out = run("benchmarks.scaling", "--lengths", "1", "8", "--repeats", "1", "--short", "2", "--long", "8")
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["1", "8"]
+    assert all(float(r[1]) > 0 for r in rows)
+    assert "| mixed (16 + 16) |" in out
+
+
+def test_the_profile_summary_counts_busy_samples_per_thread() -> None:
+    from benchmarks.profile_server import summarise
+
+    raw = (
+        "thread (1): MainThread;main (a.py:1);Runner.run (asyncio/runners.py:118) 6\n"
+        "thread (1): MainThread;main (a.py:1);Runner.run (asyncio/runners.py:118);send (b.py:9) 3\n"
+        "thread (1): MainThread;main (a.py:1);Runner.run (asyncio/runners.py:118);parse (c.py:4) 1\n"
+        "thread (2): lm-forward_0;_worker (concurrent/futures/thread.py:81) 5\n"
+        "thread (2): lm-forward_0;_worker (concurrent/futures/thread.py:81);forward (m.py:3) 5\n"
+    )
+    out = summarise(raw)
+    assert "MainThread: busy in 40% of 10 samples" in out and "lm-forward: busy in 50% of 10 samples" in out
+    assert "75.0%  send (b.py)" in out and "25.0%  parse (c.py)" in out
+    assert "main (a.py)" not in out  # on every busy stack

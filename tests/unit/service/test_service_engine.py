@@ -305,3 +305,21 @@ def test_admit_refuses_slowly_what_does_not_fit_and_lets_the_rest_through() -> N
 
     waited, _ = run_engine(fake, body, max_queue=3, busy_delay_ms=100, max_wait_ms=20)
     assert waited >= 0.09
+
+
+def test_a_cancelled_caller_drops_its_jobs() -> None:
+    # The route's task cancelled while it waits (its server shutting down, an outer timeout): nobody will read the
+    # results, so its jobs leave the queue and are never computed.
+    fake = FakeForward()
+
+    async def body(engine):
+        call = asyncio.ensure_future(engine.run(jobs(seqs(1, 1)), timeout=30))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(0)  # the cancellation callbacks run
+        return engine.queue_size()
+
+    size, _ = run_engine(fake, body, max_wait_ms=10_000)
+    assert size == 0 and fake.batches == []

@@ -177,3 +177,24 @@ def test_token_ranks_agree_with_next_word_ranks(client) -> None:
         assert candidate["rank"] == ranks[i], (i, token)
         assert candidate["logprob"] == pytest.approx(result["token_logprobs"][i], abs=1e-5)
     assert client.post("/score", json={"text": "the stock"}).json()["results"][0]["token_ranks"] is None
+
+
+NUMBERS = ("token_logprobs", "logprob", "log10prob", "perplexity")
+
+
+def test_a_large_request_prepared_off_the_loop_gives_the_small_requests_numbers(client, plain_words) -> None:
+    # A small request is prepared and answered on the event loop, a large one in a worker thread: the same
+    # sentences get the same answer either way (numbers within float32 rounding: a batch of 24 is other matmuls).
+    from service.adapters.native import INLINE_CHARS, small
+
+    texts = random_sentences(plain_words, 24, seed=7, max_len=40)
+    assert not small(texts, len(texts)) and sum(map(len, texts)) > INLINE_CHARS  # the worker-thread path
+    r = client.post("/score", json={"sentences": texts, "per_token": True})
+    assert r.status_code == 200
+    for text, result in zip(texts, r.json()["results"], strict=True):
+        assert small([text], 1)  # the event-loop path
+        alone = score_one(client, text)
+        rest = [k for k in result if k not in NUMBERS]
+        assert [result[k] for k in rest] == [alone[k] for k in rest]
+        assert result["token_logprobs"] == pytest.approx(alone["token_logprobs"], abs=1e-5)
+        assert result["logprob"] == pytest.approx(alone["logprob"], abs=1e-4)

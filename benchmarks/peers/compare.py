@@ -1,0 +1,332 @@
+"""The service against what a user would pick instead, same model, same requests, same client, one run.
+
+    python -m benchmarks.http_load --peers                  # the whole comparison (about 7 minutes), writes its
+                                                            # section of docs/benchmarks.md
+    python -m benchmarks.http_load --peers --seconds 2 --concurrency 64 --peer-setups lmserve litserve \
+        --litserve-flags="--max-batch-size 32 --batch-timeout 0.002" --no-write
+
+Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32), `no-batching` (the same with
+LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's `max_batch_size`/`batch_timeout` batching around plain
+torch: `benchmarks/peers/litserve_server.py`) and `ray-serve` (Ray Serve's `@serve.batch`:
+`benchmarks/peers/ray_server.py`). LitServe is tuned first, in the same run: every setting of LITSERVE_SWEEP
+(its docs' two knobs: batch size and timeout) at `/score` one sentence, concurrency 64; its best (answered/s, no
+errors) is the one compared. Then every server is up at once and each point (endpoint, concurrency) is measured on
+every setup in turn, so that a shared machine's drift hits all alike. Last, the in-process ceiling:
+`ModelRunner.run` on PTB test sentences at the mean batch size the service formed at each `/score` point.
+
+Ray binds the machine's external address whatever it is told, so with `ray-serve` among the setups the whole run
+moves into a private network namespace where only loopback exists (`unshare -n`, root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
+
+PEER_SETUPS = ("lmserve", "no-batching", "litserve", "ray-serve")
+PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
+ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
+HEALTH = {"lmserve": "/readyz", "no-batching": "/readyz", "litserve": "/health", "ray-serve": "/-/healthz"}
+# LitServe's batching knobs (its docs: `max_batch_size`, `batch_timeout` in seconds), one inference worker with
+# torch's threads, as the service runs.
+LITSERVE_SWEEP = [("--max-batch-size", b, "--batch-timeout", t) for b in ("16", "32", "64") for t in ("0.002", "0.01")]
+RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @serve.batch: size and wait
+TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
+TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
+
+
+@dataclass
+class Point:
+    """One closed-loop measurement: answered/s, latency quantiles (ms), errors, the service's mean batch."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    batch: float = 0.0
+
+
+def ratio(ours: float, theirs: float) -> str:
+    """`ours / theirs` as `2.00x`; `-` where the peer answered nothing."""
+    return f"{ours / theirs:.2f}x" if theirs > 0 else "-"
+
+
+def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment that start `setup` on 127.0.0.1:port."""
+    if setup in ("lmserve", "no-batching"):
+        env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1"} if setup == "no-batching" else {}
+        cmd = [sys.executable, "-m", "service", "--model", model, "--port", str(port), "--log-level", "warning"]
+        return cmd, env
+    module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
+    flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)
+    return [sys.executable, "-m", f"benchmarks.peers.{module}", "--model", model, "--port", str(port), *flags], {}
+
+
+def start(setup: str, model: str, flags: Sequence[str] = (), timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """Start `setup` in a process group of its own (a peer's helper processes go with it); returns once it has
+    scored a sentence (its model is loaded and warm)."""
+    port = free_port()
+    cmd, env = command(setup, port, model, flags)
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{setup} exited with code {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(base + "/score", json={"text": "the"}, timeout=5).status_code == 200:
+                return proc, base
+        time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"{setup} did not answer within {timeout_s:g} s")
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM to the server's process group; SIGKILL past the timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def private_network(argv: Sequence[str]) -> None:
+    """Run this comparison again inside a new network namespace with only loopback up (for Ray), unless it is
+    already in one; returns only in the namespace."""
+    if os.environ.get("PEERS_NETNS") == "1":
+        return
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        raise SystemExit("ray-serve needs unshare and ip (util-linux, iproute2), as root, for a private network")
+    cmd = ["unshare", "-n", "bash", "-c", 'ip link set lo up && exec "$@"', "bash"]
+    cmd += [sys.executable, "-m", "benchmarks.http_load", "--peers", *argv]
+    print("ray-serve: the run moves into a private network namespace (loopback only)", flush=True)
+    sys.exit(subprocess.run(cmd, cwd=REPO, env={**os.environ, "PEERS_NETNS": "1"}).returncode)
+
+
+def table_rows(results: dict[tuple[str, str, int], Point], tokens: dict[str, float]) -> list[list[str]]:
+    """One row per (setup, endpoint, concurrency), in the order measured."""
+    rows = []
+    for (s, name, c), p in results.items():
+        batch = f"{p.batch:.1f}" if s in ("lmserve", "no-batching") else ""
+        rows.append([s, name, str(c), f"{p.rps:,.0f}", f"{p.rps * tokens[name]:,.0f}", f"{p.p50_ms:.1f}"])
+        rows[-1] += [f"{p.p99_ms:.1f}", batch, str(p.errors)]
+    return rows
+
+
+def ratio_rows(results: dict[tuple[str, str, int], Point]) -> tuple[list[str], list[list[str]]]:
+    """Ours against each other setup at every point both ran: answered/s ratio and p99 of each."""
+    others = list(dict.fromkeys(s for s, _, _ in results if s != "lmserve"))
+    header = ["endpoint", "conc.", *[f"ours / {s}" for s in others], "ours p99 ms", *[f"{s} p99 ms" for s in others]]
+    rows = []
+    for (s, name, c), ours in results.items():
+        if s != "lmserve":
+            continue
+        theirs = [results.get((o, name, c)) for o in others]
+        rows.append(
+            [name, str(c), *[ratio(ours.rps, t.rps) if t else "" for t in theirs], f"{ours.p99_ms:.1f}"]
+            + [f"{t.p99_ms:.1f}" if t else "" for t in theirs]
+        )
+    return header, rows
+
+
+def engine_rows(
+    results: dict[tuple[str, str, int], Point], engine: dict[int, float], tokens: dict[str, float]
+) -> list[list[str]]:
+    """`/score` one sentence over HTTP against the in-process engine at the batch size the service formed."""
+    rows = []
+    for (s, name, c), p in results.items():
+        if s == "lmserve" and name == "/score 1" and p.batch > 0:
+            http, inproc = p.rps * tokens[name], engine[max(1, round(p.batch))]
+            rows.append([str(c), f"{p.batch:.1f}", f"{http:,.0f}", f"{inproc:,.0f}", f"{http / inproc:.0%}"])
+    return rows
+
+
+def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]]) -> list[str]:
+    """The targets read off this run: met or not, with the figures."""
+    lines = []
+    for name in ENDPOINTS:
+        ours = results.get(("lmserve", name, 64))
+        peers = {s: p for (s, n, c), p in results.items() if n == name and c == 64 and s in PEERS}
+        if ours is None or not peers:
+            continue
+        best = max(peers, key=lambda s: peers[s].rps)
+        theirs = peers[best]
+        met = ours.rps >= TARGET_RATIO * theirs.rps and (name != "/score 1" or ours.p99_ms < theirs.p99_ms)
+        lines.append(
+            f"- `{name}`, concurrency 64, >= {TARGET_RATIO}x the best peer"
+            f"{' with a lower p99' if name == '/score 1' else ''}: {ours.rps:,.0f} answered/s (p99 {ours.p99_ms:.1f} "
+            f"ms) against {best}'s {theirs.rps:,.0f} (p99 {theirs.p99_ms:.1f} ms): {ratio(ours.rps, theirs.rps)}, "
+            f"**{'met' if met else 'not met'}**."
+        )
+    for c, batch, _, _, share in engine:
+        met = float(share.rstrip("%")) / 100 >= TARGET_ENGINE
+        lines.append(
+            f"- HTTP tokens/s >= {TARGET_ENGINE:.0%} of the in-process engine's at the same batch size (concurrency "
+            f"{c}, batch {batch}): {share}, **{'met' if met else 'not met'}**."
+        )
+    return lines
+
+
+def engine_tokens_per_s(model: str, data_dir: Path, batches: Sequence[int], sentences: int) -> dict[int, float]:
+    """In this process: `ModelRunner.run` (float32) on `sentences` PTB test sentences in batches of each size:
+    tokens/s, the median of 3 passes."""
+    from benchmarks.engine import sentences_ids, throughput
+    from lm.checkpoint import load_checkpoint
+    from service.runner import ModelRunner
+    from service.settings import Settings
+
+    runner = ModelRunner(load_checkpoint(model), Settings(model=model, device="cpu"))
+    seqs = sentences_ids(runner.ckpt, data_dir, sentences)
+    return {b: throughput(runner, seqs, b, repeats=3) for b in sorted(set(batches))}
+
+
+def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:
+    """Every LITSERVE_SWEEP setting at `/score` one sentence, concurrency 64: the best flags and the rows."""
+    rows, best = [], None
+    for flags in LITSERVE_SWEEP:
+        try:
+            proc, base = start("litserve", model, flags)
+        except RuntimeError as e:
+            print(f"warning: litserve {' '.join(flags)}: {e}", flush=True)
+            continue
+        try:
+            p = run("litserve", base, 64, seconds)
+        finally:
+            stop(proc)
+        rows.append([" ".join(flags), f"{p.rps:,.0f}", f"{p.p50_ms:.1f}", f"{p.p99_ms:.1f}", str(p.errors)])
+        print("litserve sweep  " + "  ".join(rows[-1]), flush=True)
+        if p.errors == 0 and (best is None or p.rps > best[0]):
+            best = (p.rps, list(flags), len(rows) - 1)
+    if best is None:
+        return [], rows
+    rows[best[2]] = [f"**{cell}**" for cell in rows[best[2]]]
+    return best[1], rows
+
+
+def main(argv: list[str]) -> None:
+    """The comparison; `argv` are the flags after `--peers`."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.http_load --peers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
+    p.add_argument("--peer-setups", nargs="+", default=list(PEER_SETUPS), choices=PEER_SETUPS)
+    p.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
+    p.add_argument(
+        "--litserve-flags", default=None, help="skip the sweep: LitServe with these flags ('--max-batch-size 32 ...')"
+    )
+    p.add_argument("--sweep-seconds", type=float, default=3.0)
+    p.add_argument("--engine-sentences", type=int, default=256, help="PTB test sentences for the in-process ceiling")
+    p.add_argument("--model", default=str(REPO / "models" / "ptb-cpu"))
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = p.parse_args(argv)
+    if "ray-serve" in args.peer_setups:
+        private_network(argv)
+
+    from benchmarks.http_load import LUA, batch_totals, body_pools, load, wait_idle
+
+    pools = body_pools(args.data_dir)
+    tokens = {name: pools[name][2] for name in ENDPOINTS}
+    tmp = Path(tempfile.mkdtemp(prefix="peers-"))
+    script = tmp / "bodies.lua"
+    script.write_text(LUA)
+    files = {}
+    for name in ENDPOINTS:
+        files[name] = tmp / f"{len(files)}.jsonl"
+        files[name].write_text("\n".join(pools[name][1]) + "\n")
+
+    def run(setup: str, base: str, c: int, seconds: float, name: str = "/score 1") -> Point:
+        path, ours = pools[name][0], setup in ("lmserve", "no-batching")
+        load(base, path, files[name], script, c, 1.0)  # warm-up
+        wait_idle(base) if ours else time.sleep(1.0)  # a peer does not show its queue: a second
+        seqs0, passes0 = batch_totals(base) if ours else (0.0, 0.0)
+        r = load(base, path, files[name], script, c, seconds)
+        wait_idle(base) if ours else time.sleep(1.0)
+        seqs1, passes1 = batch_totals(base) if ours else (0.0, 0.0)
+        answered = r["requests"] - r["status"]
+        errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+        batch = (seqs1 - seqs0) / (passes1 - passes0) if passes1 > passes0 else 0.0
+        return Point(answered / (r["duration_us"] / 1e6), r["p50_us"] / 1000, r["p99_us"] / 1000, errors, batch)
+
+    sweep: list = []
+    flags: dict[str, list[str]] = {}
+    if "litserve" in args.peer_setups:
+        if args.litserve_flags:
+            flags["litserve"] = args.litserve_flags.split()
+        else:
+            flags["litserve"], sweep = sweep_litserve(args.model, run, args.sweep_seconds)
+            if not flags["litserve"]:
+                args.peer_setups.remove("litserve")
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    results: dict[tuple[str, str, int], Point] = {}
+    missing = []
+    try:
+        for setup in args.peer_setups:
+            try:
+                servers[setup] = start(setup, args.model, flags.get(setup, ()))
+            except RuntimeError as e:
+                if setup in ("lmserve", "no-batching"):
+                    raise
+                missing.append(f"{setup} ({e})")
+                print(f"warning: {setup} did not start ({e}); measuring without it", flush=True)
+        for name in args.endpoints:
+            for c in args.concurrency:
+                for setup, (_, base) in servers.items():
+                    results[(setup, name, c)] = run(setup, base, c, args.seconds, name)
+                    print("  ".join(table_rows({(setup, name, c): results[(setup, name, c)]}, tokens)[0]), flush=True)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    shutil.rmtree(tmp)
+
+    batches = [max(1, round(pt.batch)) for (s, n, _), pt in results.items() if s == "lmserve" and n == "/score 1"]
+    ceiling = engine_tokens_per_s(args.model, args.data_dir, batches, args.engine_sentences) if batches else {}
+    engine = engine_rows(results, ceiling, tokens)
+    header = ["setup", "endpoint", "conc.", "answered/s", "tokens/s", "p50 ms", "p99 ms", "batch", "errors"]
+    ratio_header, ratios = ratio_rows(results)
+    body = (
+        f"Closed loop, {args.seconds:g} s per point after a 1 s warm-up, wrk (2 threads) on the same cores; "
+        "every server up at once, each point run on every setup in turn. float32, one PTB test sentence (or "
+        f"prefix, top_k 10) per request; mean predictions per `/score` request {tokens['/score 1']:.1f}. "
+        f"Ray Serve: `{' '.join(RAY_FLAGS)}`."
+        + (f" Did not start: {', '.join(missing)}." if missing else "")
+        + "\n\n"
+        + table(header, table_rows(results, tokens))
+        + "\n\nOurs (`lmserve`) against each:\n\n"
+        + table(ratio_header, ratios)
+    )
+    if sweep:
+        body += (
+            "\n\nLitServe tuned in the same run (`/score` one sentence, concurrency 64, "
+            f"{args.sweep_seconds:g} s each; the best, in bold, is the `litserve` above):\n\n"
+            + table(["flags", "answered/s", "p50 ms", "p99 ms", "errors"], sweep)
+        )
+    if engine:
+        body += (
+            "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences) at the mean "
+            "batch the service formed at that concurrency:\n\n"
+            + table(["conc.", "mean batch", "HTTP tokens/s", "in-process tokens/s", "HTTP / in-process"], engine)
+        )
+    lines = targets(results, engine)
+    if lines:
+        body += "\n\nTargets:\n\n" + "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section("peers", "Against other serving frameworks", body)

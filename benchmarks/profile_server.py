@@ -1,0 +1,101 @@
+"""Where a loaded server's time goes: py-spy samples of the event-loop thread and the forward-pass thread.
+
+    python -m benchmarks.profile_server                          # /score, one sentence, concurrency 64, 15 s
+    python -m benchmarks.profile_server --endpoint /next-word --seconds 5
+
+The server is started as a user starts it; wrk drives it closed-loop (the HTTP load benchmark's requests) while
+`py-spy record --threads --idle` samples every thread. A thread is busy in a sample unless it sits where it
+waits for work (the event loop in uvloop's poll, the forward thread on its executor queue). For each busy
+thread: its share of the samples, and the functions on its stack in the most of its busy samples (inclusive).
+A sample is taken whether or not the thread holds the GIL, so time spent waiting for the GIL shows at the line
+where the thread gave it up. Needs py-spy (the `bench` extra) and the right to trace the server (root, or
+ptrace allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from benchmarks.common import DEFAULT_DATA_DIR, start_server, stop_server
+from benchmarks.http_load import LUA, body_pools, wrk
+
+# Leaf frames of a thread that waits for work, not does it.
+IDLE_LEAVES = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py")
+
+
+def summarise(raw: str, top: int = 25) -> str:
+    """py-spy's raw (collapsed) output -> per thread: busy share, and the top inclusive functions."""
+    total: collections.Counter[str] = collections.Counter()
+    busy: collections.Counter[str] = collections.Counter()
+    inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        stack, count = line.rsplit(" ", 1)
+        head, *frames = stack.split(";")
+        thread = re.sub(r"_\d+$", "", head.split(": ", 1)[-1])  # "thread (123): lm-forward_0" -> lm-forward
+        total[thread] += int(count)
+        if not frames or frames[-1].startswith(IDLE_LEAVES):
+            continue
+        busy[thread] += int(count)
+        for function in dict.fromkeys(f.rsplit(":", 1)[0] + ")" for f in frames):  # file without the line
+            inclusive[thread][function] += int(count)
+    lines = []
+    for thread, n in busy.most_common():
+        lines.append(f"{thread}: busy in {n / total[thread]:.0%} of {total[thread]} samples")
+        shared = [f for f, c in inclusive[thread].items() if c == n]  # on every busy stack: says nothing
+        for function, c in inclusive[thread].most_common(top + len(shared)):
+            if function not in shared:
+                lines.append(f"  {c / n:6.1%}  {function}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/score 32", "/next-word"])
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=15.0, help="sampled seconds (wrk runs 5 s longer)")
+    p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--raw", type=Path, default=None, help="also keep py-spy's raw output here")
+    args = p.parse_args(argv)
+    spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
+    if not Path(spy).exists() or shutil.which("wrk") is None:
+        raise SystemExit("needs py-spy (pip install -e '.[bench]') and wrk (apt-get install wrk)")
+
+    path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
+    tmp = Path(tempfile.mkdtemp(prefix="profile-"))
+    (tmp / "bodies.lua").write_text(LUA)
+    (tmp / "bodies.jsonl").write_text("\n".join(bodies) + "\n")
+    proc, base = start_server()
+    try:
+        wrk(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, 2.0)  # warm-up
+        load = threading.Thread(
+            target=wrk,
+            args=(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, args.seconds + 5),
+        )
+        load.start()
+        raw = tmp / "raw.txt"
+        cmd = [spy, "record", "-p", str(proc.pid), "--threads", "--idle", "--rate", str(args.rate)]
+        cmd += ["--duration", f"{args.seconds:g}", "--format", "raw", "-o", str(raw)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        load.join()
+    finally:
+        stop_server(proc)
+    text = raw.read_text()
+    if args.raw:
+        args.raw.write_text(text)
+    shutil.rmtree(tmp)
+    print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s at {args.rate} samples/s:")
+    print(summarise(text))
+
+
+if __name__ == "__main__":
+    main()
