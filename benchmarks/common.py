@@ -129,18 +129,31 @@ def training_flops(vocab: int, embed: int, hidden: int, layers: int) -> int:
     return 3 * lstm_forward_flops(vocab, embed, hidden, layers)
 
 
+def vector_isa(flags: set[str]) -> str:
+    """The CPU's widest vector instructions, as they matter here: bf16 matmuls run natively only with AMX or
+    AVX-512 bf16; without them bf16 is emulated."""
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return "AVX-512 with native bf16" + (" (AMX)" if "amx_bf16" in flags else "")
+    if "avx512f" in flags:
+        return "AVX-512, no native bf16"
+    return "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The machine a figure comes from: CPU model and vector instructions, cores, torch and its threads."""
+    cpu, isa = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not isa:
+                isa = vector_isa(set(line.split(":", 1)[1].split()))
     except OSError:
         pass
     gpu = f"{torch.cuda.get_device_name(0)}, " if torch.cuda.is_available() else ""
+    isa = f" ({isa})" if isa else ""
     return (
-        f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{gpu}{cpu}{isa}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}"
     )
 

@@ -21,6 +21,8 @@ from service.logs import log_config
 from service.metrics import prepare_multiprocess
 from service.settings import Settings, settings_error
 
+WORKER_HEALTHCHECK_S = 60  # seconds a worker may take to answer the supervisor's ping (start-up included)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
@@ -81,6 +83,9 @@ def serve(settings: Settings) -> None:
         # A request head bounded in size and time, idle connections closed (service.connection).
         http=GuardedHttpToolsProtocol,
         timeout_keep_alive=KEEP_ALIVE_S,
+        # With --workers, the supervisor kills a worker that does not answer its ping within this; uvicorn's 5 s
+        # killed workers still importing torch on a loaded machine, and a busy one mid-batch.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
 
 

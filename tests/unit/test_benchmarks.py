@@ -248,3 +248,12 @@ def test_the_profile_summary_counts_busy_samples_per_thread() -> None:
     assert "MainThread: busy in 40% of 10 samples" in out and "lm-forward: busy in 50% of 10 samples" in out
     assert "75.0%  send (b.py)" in out and "25.0%  parse (c.py)" in out
     assert "main (a.py)" not in out  # on every busy stack
+
+
+def test_the_machine_line_names_the_vector_instructions() -> None:
+    from benchmarks.common import vector_isa
+
+    assert vector_isa({"avx2", "avx512f", "avx512_bf16"}) == "AVX-512 with native bf16"
+    assert vector_isa({"avx2", "avx512f", "amx_bf16"}) == "AVX-512 with native bf16 (AMX)"
+    assert vector_isa({"avx2", "avx512f"}) == "AVX-512, no native bf16"
+    assert vector_isa({"avx2"}) == "AVX2, no AVX-512"
