@@ -18,13 +18,13 @@ shutdown closes idle connections at once, so a SIGTERM drains promptly.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from functools import lru_cache
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import error_response
+from service.logs import Fields
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; Node's default is 16 KiB, nginx's 4 x 8 KiB
 MAX_HEADERS = 100  # header fields per request
@@ -143,6 +143,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         client = self.client[0] if self.client else None
-        log.warning(json.dumps({"event": "connection_refused", "status": status, "code": code, "client": client}))
+        log.warning(Fields(event="connection_refused", status=status, code=code, client=client))
         self.transport.write(refusal(status, reason, code, message))
         self.transport.close()

@@ -20,9 +20,18 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 worker threads included (asyncio.to_thread copies the context)."""
 
 
+class Fields(dict):
+    """A log call's message that is a set of fields (`log.info(Fields(status=200, ...))`): the JSON formatter
+    makes them the line's own keys; any other formatter (a test's log capture) reads them as one JSON object.
+    Either way they are encoded once, when the line is written."""
+
+    def __str__(self) -> str:
+        return json.dumps(self, default=str)
+
+
 class JsonFormatter(logging.Formatter):
-    """A record as one line of JSON; a record's `fields` (a dict, given as `extra={"fields": ...}`) are the
-    line's own keys instead of a message."""
+    """A record as one line of JSON: `time`, `level`, `logger`, and its `message`, or a `Fields` message's
+    fields as the line's own keys."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -30,9 +39,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
+        if isinstance(record.msg, Fields):
+            line.update(record.msg)
         else:
             line["message"] = record.getMessage()
         request_id = REQUEST_ID.get()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 import time
@@ -19,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import APIError, error_response
 from service.limits import Limits
-from service.logs import REQUEST_ID
+from service.logs import REQUEST_ID, Fields
 from service.metrics import Metrics
 
 ENDPOINTS = {
@@ -88,17 +87,17 @@ class RequestObserverMiddleware:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(duration)
             if access_log.isEnabledFor(logging.INFO):
-                line = {
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "route": scope.get("path"),
-                    "status": status,
-                    "duration_ms": round(1000 * duration, 3),
-                    "sequences": state.get("sequences"),
-                    "batch_size": state.get("batch_size"),
-                    "client": (scope.get("client") or ("", 0))[0],
-                }
-                access_log.info(json.dumps(line), extra={"fields": line})
+                line = Fields(
+                    request_id=request_id,
+                    method=scope.get("method"),
+                    route=scope.get("path"),
+                    status=status,
+                    duration_ms=round(1000 * duration, 3),
+                    sequences=state.get("sequences"),
+                    batch_size=state.get("batch_size"),
+                    client=(scope.get("client") or ("", 0))[0],
+                )
+                access_log.info(line)
             REQUEST_ID.reset(token)
 
 
