@@ -63,6 +63,10 @@ class Deadline:
             done.append(work(item))
         return done
 
+    async def map(self, work: Callable[[Any], T], items: Sequence[Any], *, inline: bool = False) -> list[T]:
+        """`each(work, items)` where `off_loop` runs it: a request's per-text work (normalising, encoding)."""
+        return await self.off_loop(lambda: self.each(work, items), inline=inline)
+
     async def off_loop(self, work: Callable[[], T], *, inline: bool = False) -> T:
         """`work()` in a worker thread, within the deadline; on the event loop itself when the caller says it
         is small (`inline`): for a few sentences the hand-off to a thread costs more than the work."""

@@ -44,11 +44,8 @@ async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     inline = small(texts, len(texts))
-    encoded = await deadline.off_loop(
-        lambda: deadline.each(
-            lambda t: encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos), texts
-        ),
-        inline=inline,
+    encoded = await deadline.map(
+        lambda t: encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos), texts, inline=inline
     )
     scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded], deadline)
 
@@ -75,9 +72,8 @@ async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Re
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     inline = small(texts, len(texts) * (top_k + len(body.candidates or ())))
-    encoded = await deadline.off_loop(
-        lambda: deadline.each(lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), texts),
-        inline=inline,
+    encoded = await deadline.map(
+        lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), texts, inline=inline
     )
     dists = await run_jobs(request, [NextJob(e.ids) for e in encoded], deadline)
     state.metrics.tokens_scored.labels("/next-word").inc(len(encoded))

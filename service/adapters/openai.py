@@ -143,9 +143,7 @@ async def completions(body: CompletionRequest, request: Request, state: Ready) -
     params = check_completion(body, state.limits, raw)
     await state.engine.admit(len(raw))
     deadline = Deadline(request)
-    prompts = await deadline.off_loop(
-        lambda: deadline.each(lambda p: encode_prompt(state.encoder, state.limits, p), raw)
-    )
+    prompts = await deadline.map(lambda p: encode_prompt(state.encoder, state.limits, p), raw)
     k = body.logprobs
     scores: list[TokenScores | None] = [None] * len(prompts)
     if body.echo and k is not None:
