@@ -19,7 +19,6 @@ an unchanged one is reused without reading the text (only hashing it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lm.checkpoint import sha256_file
 from lm.tokenizers import Tokenizer
 from lm.vocab import Vocabulary, VocabularyError
 from trainer.data import SPLITS, Corpus, DataFiles, build_vocabulary, closed_vocabulary, encode_stream
@@ -68,10 +68,6 @@ def map_stream(path: Path, tokens: int) -> Tensor:
     return torch.from_numpy(array)
 
 
-def _vocab_sha256(vocab: Vocabulary) -> str:
-    return hashlib.sha256("".join(w + "\n" for w in vocab.itos).encode("utf-8")).hexdigest()
-
-
 def open_cache(cache_dir: Path, key: dict) -> tuple[Corpus | None, str]:
     """The cached corpus if `cache_dir` holds one encoded under `key`, else (None, why not)."""
     try:
@@ -88,12 +84,12 @@ def open_cache(cache_dir: Path, key: dict) -> tuple[Corpus | None, str]:
             changed.remove("files")
             changed = [f"{s} file" for s in key["files"] if files.get(s) != key["files"][s]] + changed
         return None, f"encoded from other inputs ({', '.join(changed)} changed)"
-    try:
+    try:  # the file's digest, as a checkpoint's vocabulary is checked (lm.checkpoint)
+        if sha256_file(cache_dir / VOCAB_FILE) != meta.get("vocab_sha256"):
+            return None, f"{VOCAB_FILE} is not the one the streams were encoded with"
         vocab = Vocabulary.load(cache_dir / VOCAB_FILE)
-    except VocabularyError as e:
+    except (OSError, VocabularyError) as e:
         return None, str(e)
-    if _vocab_sha256(vocab) != meta.get("vocab_sha256"):
-        return None, f"{VOCAB_FILE} is not the one the streams were encoded with"
     if not isinstance(meta.get("tokens"), dict) or not isinstance(meta.get("oov"), dict):
         return None, f"{META_FILE} is not a data cache's"
     streams = {}
@@ -143,7 +139,7 @@ def build_cache(
         with (tmp / f"{split}.int32").open("wb") as f:
             tokens[split], oov[split] = encode_stream(path, vocab, f.write, tokenizer, closed and split != "train")
     vocab.save(tmp / VOCAB_FILE)
-    meta = {"key": key, "vocab_sha256": _vocab_sha256(vocab), "tokens": tokens, "oov": oov}
+    meta = {"key": key, "vocab_sha256": sha256_file(tmp / VOCAB_FILE), "tokens": tokens, "oov": oov}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     shutil.rmtree(cache_dir, ignore_errors=True)
     tmp.rename(cache_dir)

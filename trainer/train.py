@@ -286,18 +286,16 @@ def _read_corpus(opts: RunOptions, ranks: Ranks) -> tuple[Corpus, DataFiles, Tok
         raise TrainerError(f"--min-count must be at least 1, not {opts.min_count}")
     files = opts.files()
     tokenizer = opts.make_tokenizer(files)
+    sha256 = files.sha256()
     if opts.data_cache is None:
         corpus = load_corpus(files, tokenizer=tokenizer, vocab_size=opts.vocab_size, min_count=opts.min_count)
-        return corpus, files, tokenizer, files.sha256()
-    sha256 = files.sha256()
-    log = opts.log if ranks.is_main else (lambda _msg: None)
+        return corpus, files, tokenizer, sha256
+    cache = (opts.data_cache, files, tokenizer, opts.vocab_size, opts.min_count, sha256)
     if ranks.is_main:
-        corpus = cached_corpus(opts.data_cache, files, tokenizer, opts.vocab_size, opts.min_count, sha256, log=log)
+        corpus = cached_corpus(*cache, log=opts.log)
     barrier(ranks)  # the cache is complete before the other ranks map it
     if not ranks.is_main:
-        corpus = cached_corpus(
-            opts.data_cache, files, tokenizer, opts.vocab_size, opts.min_count, sha256, build=False, log=log
-        )
+        corpus = cached_corpus(*cache, build=False, log=lambda _msg: None)
     return corpus, files, tokenizer, sha256
 
 
