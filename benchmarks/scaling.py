@@ -28,6 +28,7 @@ from benchmarks.common import (
     REPORT,
     median,
     ptb_test_sentences,
+    rss_mib,
     start_server,
     stop_server,
     table,
@@ -36,13 +37,6 @@ from benchmarks.common import (
 
 PLOT = REPORT.parent / "score-scaling.png"
 LENGTHS = [1, 4, 16, 64, 256, 1024, 4096]
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def timed_score(client: httpx.Client, body: dict, repeats: int) -> float:
@@ -112,11 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     proc, base = start_server(["--model", args.model] if args.model else [], env)
     try:
         with httpx.Client(base_url=base, timeout=120) as client:
-            base_rss = peak_rss_mib(proc.pid)
+            base_rss = rss_mib(proc.pid, "VmHWM")
             length_rows = []
             for n in sorted(args.lengths):
                 ms = timed_score(client, {"text": text(n)}, args.repeats)
-                rss = peak_rss_mib(proc.pid)
+                rss = rss_mib(proc.pid, "VmHWM")
                 row = [str(n), f"{ms:.1f}", f"{1000 * ms / (n + 1):.1f}", f"{rss:.0f}", f"{rss - base_rss:.0f}"]
                 length_rows.append(row)
                 print("  ".join(row), flush=True)
