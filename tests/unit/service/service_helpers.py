@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from tiny_models import TinyCheckpoint
+
+from benchmarks.common import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -147,12 +148,6 @@ def get_metrics(client: TestClient | httpx.Client) -> dict:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     return parse_metrics(r.text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(

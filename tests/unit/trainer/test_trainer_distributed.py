@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchmarks.common import free_port
 from lm.model import LSTMLanguageModel
 from trainer.cli import main
 from trainer.configs import get_config
@@ -26,12 +26,6 @@ def test_shards_are_the_rows_of_the_combined_batch() -> None:
     combined = batchify(data, 6)  # 2 ranks x 3 rows
     for rank in range(2):
         assert torch.equal(batchify(shard(data, 3, rank, 2), 3), combined[3 * rank : 3 * rank + 3])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_equal_one_process_with_the_combined_batch(fake_ptb_dir: Path, tmp_path: Path) -> None:
