@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lm.encoding import SentenceEncoder
 from service.errors import APIError
 from service.settings import Settings
 
@@ -64,6 +65,14 @@ class Limits:
                 len(words),
                 self.max_tokens,
             )
+
+    def words(self, encoder: SentenceEncoder, text: str, what: str, normalize: bool = True) -> list[str]:
+        """The words of one sentence, prefix or prompt as `encoder` splits it (`normalize`: the model's own
+        tokenizer), the text and its words within the limits: every route's way from text to words."""
+        self.check_text(text, what)
+        words = encoder.split(text, normalize)
+        self.check_tokens(words, what)
+        return words
 
     def top_k(self, top_k: int, asked: bool) -> int:
         """The top_k to serve: a default one (not `asked`) is clamped to max_top_k; an asked one must fit it."""

@@ -97,9 +97,7 @@ def small(texts: list[str], answer_items: int) -> bool:
 
 def encode_sentence(encoder: SentenceEncoder, limits: Limits, text: str, normalize: bool, add_eos: bool) -> Encoded:
     """A sentence to score, within the limits; 422 `empty_sentence` when there is nothing to predict."""
-    limits.check_text(text, "sentence")
-    words = encoder.split(text, normalize)
-    limits.check_tokens(words, "sentence")
+    words = limits.words(encoder, text, "sentence", normalize)
     if not words and not add_eos:
         raise APIError(
             422, "empty_sentence", "nothing to score: the sentence has no words and add_eos is false", {"text": text}
@@ -109,10 +107,7 @@ def encode_sentence(encoder: SentenceEncoder, limits: Limits, text: str, normali
 
 def encode_prefix(encoder: SentenceEncoder, limits: Limits, text: str, normalize: bool) -> Encoded:
     """A prefix whose next word is wanted, within the limits (empty: the start of a sentence)."""
-    limits.check_text(text, "prefix")
-    words = encoder.split(text, normalize)
-    limits.check_tokens(words, "prefix")
-    return encoder.encode(words)
+    return encoder.encode(limits.words(encoder, text, "prefix", normalize))
 
 
 def score_result(text: str, e: Encoded, scores: TokenScores, per_token: bool) -> SentenceScore:

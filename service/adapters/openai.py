@@ -58,11 +58,6 @@ router = APIRouter(
 MAX_STOP_STRINGS = 4
 
 
-def text_tokens(encoder: SentenceEncoder, text: str) -> list[str]:
-    """The one place where these routes turn text into tokens: the service's normalisation (as /score's)."""
-    return encoder.split(text, normalize=True)
-
-
 @dataclass
 class Prompt:
     """One prompt, ready for the model: what it reads and what is reported."""
@@ -77,10 +72,7 @@ def encode_prompt(encoder: SentenceEncoder, limits: Limits, prompt: str | list[i
     """A prompt (text, or token ids) within the limits; 422 for an id outside the vocabulary."""
     vocab = encoder.vocab
     if isinstance(prompt, str):
-        limits.check_text(prompt, "prompt")
-        words = text_tokens(encoder, prompt)
-        limits.check_tokens(words, "prompt")
-        encoded = encoder.encode(words)
+        encoded = encoder.encode(limits.words(encoder, prompt, "prompt"))  # normalised as /score's text
         ids, tokens, oov = encoded.ids[1:], encoded.tokens, encoded.oov
     else:
         bad = [i for i in prompt if not 0 <= i < len(vocab)]
@@ -280,10 +272,7 @@ async def tokenize(body: TokenizeRequest, request: Request, state: Ready) -> Tok
     served_model(state, body.model)
 
     def work() -> TokenizeResponse:
-        state.limits.check_text(body.prompt, "prompt")
-        words = text_tokens(state.encoder, body.prompt)
-        state.limits.check_tokens(words, "prompt")
-        encoded = state.encoder.encode(words)
+        encoded = state.encoder.encode(state.limits.words(state.encoder, body.prompt, "prompt"))
         ids = encoded.ids if body.add_special_tokens else encoded.ids[1:]
         strs = state.encoder.vocab.decode(ids) if body.return_token_strs else None
         return TokenizeResponse(count=len(ids), max_model_len=state.limits.max_tokens, tokens=ids, token_strs=strs)
