@@ -14,6 +14,7 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from lm.checkpoint import CheckpointError, load_checkpoint
 from service.connection import KEEP_ALIVE_S, GuardedHttpToolsProtocol
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(settings: Settings) -> None:
     """uvicorn, in this process or as the supervisor of `settings.workers` worker processes."""
-    uvicorn.run(
-        "service.app:create_app_from_env",
+    options = dict(
+        app="service.app:create_app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -87,6 +88,34 @@ def serve(settings: Settings) -> None:
         # killed workers still importing torch on a loaded machine, and a busy one mid-batch.
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
+    if settings.workers == 1:
+        uvicorn.run(**options)
+        return
+    config = uvicorn.Config(**options)
+    Supervisor(config, sockets=[config.bind_socket()]).run()
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, which sees a worker die while it waits for that worker's ping.
+
+    uvicorn pings each worker over a pipe whose worker end the supervisor also keeps open, so a worker killed
+    between the ping and its answer leaves the supervisor waiting out the whole health-check timeout (60 s here)
+    before it starts a replacement. Closing the supervisor's copy of each started worker's end makes the worker's
+    death an end-of-file on that pipe, which ends the wait at once."""
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        self.release_worker_ends()
+
+    def keep_subprocess_alive(self) -> None:
+        self.release_worker_ends()  # workers started by restart_all or SIGTTIN since the last round
+        super().keep_subprocess_alive()
+        self.release_worker_ends()
+
+    def release_worker_ends(self) -> None:
+        for process in self.processes:
+            if process.pid is not None:  # started: the worker has its own copy of the descriptor
+                process.child_conn.close()
 
 
 def bind_problem(host: str, port: int) -> str | None:

@@ -50,6 +50,37 @@ def worker_pids(directory: Path) -> set[int]:
     return {int(p.stem.rsplit("_", 1)[1]) for p in directory.glob("gauge_live*.db")}
 
 
+def wait_for_workers(directory: Path, count: int, besides: set[int] = frozenset(), within_s: float = 60) -> set[int]:
+    """The pids of `count` workers (not those in `besides`) that have started, once they have."""
+    deadline = time.monotonic() + within_s
+    while len(pids := worker_pids(directory) - besides) < count:
+        assert time.monotonic() < deadline, f"{len(pids)} of {count} workers started within {within_s} s"
+        time.sleep(0.2)
+    return pids
+
+
+def test_a_worker_killed_while_the_supervisor_awaits_its_ping_is_replaced_at_once(service_ckpt, tmp_path) -> None:
+    """The supervisor pings each worker in turn and waits up to 60 s for the answer; a worker that dies during
+    that wait is replaced as soon as it dies, not when the 60 s are up."""
+    metrics_dir = tmp_path / "metrics"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc, base = start_server(service_ckpt.path, "--workers", "2", env=env)
+    try:
+        workers = wait_for_workers(metrics_dir, 2)
+        stuck = min(workers)
+        os.kill(stuck, signal.SIGSTOP)  # it cannot answer: the supervisor's next round waits on its ping
+        time.sleep(2)  # a round starts every 0.5 s
+        os.kill(stuck, signal.SIGKILL)
+        wait_for_workers(metrics_dir, 1, besides=workers, within_s=30)
+        with httpx.Client(timeout=30) as client:
+            for _ in range(4):
+                assert client.post(base + "/score", json={"text": "the stock market"}).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+
+
 def test_a_dead_workers_live_gauges_stop_counting(service_ckpt, tmp_path) -> None:
     """Both workers killed and replaced by uvicorn: the prefix-cache size (a live gauge) is the new workers'
     (nothing cached yet), not the dead ones' added to it; their files are gone after a scrape."""
@@ -67,10 +98,7 @@ def test_a_dead_workers_live_gauges_stop_counting(service_ckpt, tmp_path) -> Non
         assert len(old) == 2, old
         for pid in old:
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while len(worker_pids(metrics_dir) - old) < 2:  # uvicorn starts a replacement for each
-            assert time.monotonic() < deadline, "no replacement workers"
-            time.sleep(0.2)
+        wait_for_workers(metrics_dir, 2, besides=old)  # uvicorn starts a replacement for each
         for _ in range(50):
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(base + "/readyz", timeout=5).status_code == 200:
