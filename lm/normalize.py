@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
+from itertools import accumulate
 
 from lm.vocab import Vocabulary
 
@@ -63,13 +65,24 @@ class PTBNormalizer:
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
         self.longest = max(map(len, vocab.itos))
+        # For each leading punctuation character, the longest vocabulary token starting with it (0: none does,
+        # so a word cannot start there): a run of 19,000 `"` is skipped, not looked up 19 ways per character.
+        self.longest_from = {c: max((len(t) for t in vocab.itos if t[0] == c), default=0) for c in _LEADING}
 
     def __call__(self, text: str) -> list[str]:
         text = unicodedata.normalize("NFKC", text).translate(_TRANSLATE)
         tokens: list[str] = []
+        stoi = self.vocab.stoi
         for word in text.split():
             # PTB's own `N` stays `N`, so already-normalised PTB text comes through unchanged.
-            tokens.extend([NUM] if word == NUM else _Word(word.lower(), self).tokens())
+            if word == NUM:
+                tokens.append(NUM)
+                continue
+            word = word.lower()
+            if word in stoi:  # known as written (most words): nothing to peel
+                tokens.append(word)
+            else:
+                tokens.extend(_Word(word, self).tokens())
         return tokens
 
 
@@ -82,12 +95,21 @@ class _Word:
 
     def __init__(self, w: str, normalizer: PTBNormalizer) -> None:
         self.w, self.longest, self.stoi = w, normalizer.longest, normalizer.vocab.stoi
-        # other[k]: characters before k that are not punctuation, resp. cannot be part of a number, so that
-        # "is w[a:b] all punctuation / number characters?" costs O(1).
-        self.nonpunct, self.nonnumber = [0], [0]
-        for c in w:
-            self.nonpunct.append(self.nonpunct[-1] + (not _is_punct(c)))
-            self.nonnumber.append(self.nonnumber[-1] + (c not in _NUMBER_CHARS))
+        self.longest_from = normalizer.longest_from
+        self._punct: list[int] | None = None
+        self._number: list[int] | None = None
+
+    def all_punct(self, lo: int, hi: int) -> bool:
+        """Whether every character of w[lo:hi] is punctuation, in O(1) once the word's counts are made."""
+        if self._punct is None:  # punct[k]: punctuation characters before k (a loop in C, made once)
+            self._punct = list(accumulate(map(_is_punct, self.w), initial=0))
+        return self._punct[hi] - self._punct[lo] == hi - lo
+
+    def all_number_chars(self, lo: int, hi: int) -> bool:
+        """Whether every character of w[lo:hi] can be part of a number, in O(1) once the counts are made."""
+        if self._number is None:
+            self._number = list(accumulate(map(_NUMBER_CHARS.__contains__, self.w), initial=0))
+        return self._number[hi] - self._number[lo] == hi - lo
 
     def known(self, lo: int, hi: int) -> bool:
         return hi - lo <= self.longest and self.w[lo:hi] in self.stoi
@@ -132,10 +154,14 @@ class _Word:
         last = hi
         while last > lo and w[last - 1] in _TRAILING:
             last -= 1
-        for i in range(lo, leading + 1):
+        # A token starting before last - longest cannot reach `last`: those starts are skipped, not tried.
+        for i in range(max(lo, last - self.longest), leading + 1):
+            reach = self.longest_from[w[i]] if i < leading else self.longest
+            if not reach:
+                continue
             stop = last + 1 if last < hi and self.possessive_end(i, last + 1) else last
             # Longest first, from the end down to where peeling stops; only lengths a token can have.
-            for j in range(min(hi, i + self.longest), max(stop, i + 1) - 1, -1):
+            for j in range(min(hi, i + reach), max(stop, i + 1) - 1, -1):
                 if self.known(i, j):
                     return i, j
         # A plural possessive keeps its apostrophe ("funds'" -> funds '), other trailing punctuation goes.
@@ -158,12 +184,12 @@ class _Word:
                 return [escaped]
         if hi - lo == 1 and w[lo] == "%":
             return [NUM]
-        if self.nonpunct[hi] == self.nonpunct[lo] and w[lo:hi] not in _CURRENCY:
+        if self.all_punct(lo, hi) and w[lo:hi] not in _CURRENCY:
             return []  # `--`, `...`, `-`: PTB dropped these
         if w[hi - 1] == "%" or self.currency(lo, hi) is not None:
             return None
         # Only a run of number characters can be a number: the regex runs at most once per word.
-        if self.nonnumber[hi] == self.nonnumber[lo] and _NUMBER.match(w[lo:hi]):
+        if self.all_number_chars(lo, hi) and _NUMBER.match(w[lo:hi]):
             return [NUM]
         return None
 
@@ -193,6 +219,7 @@ class _Word:
         return None
 
 
+@lru_cache(maxsize=1 << 14)  # a character's category, looked up once (bounded: any text may come)
 def _is_punct(c: str) -> bool:
     return unicodedata.category(c).startswith("P") or c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
