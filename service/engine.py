@@ -5,8 +5,11 @@ by. What a job means is the business of the `run_batch(jobs) -> results` functio
 
 `await engine.run(jobs, timeout=..., is_disconnected=...)` is the entry point: it queues one entry per job, each
 with its own future, and waits for the results. One worker task gathers entries until the batch is full (by jobs
-or by tokens) or the oldest entry has waited `max_wait_ms`, sorts them by size so that little padding is
-computed, runs the batch in a worker thread (off the event loop) and resolves each future. A batch that raises
+or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms`, sorts them by size so that
+little padding is computed, runs the batch in a worker thread (off the event loop) and resolves each future.
+The queue is fair between calls: each call's jobs wait in their own line, and a batch takes one job from each
+line in turn, so a call of one sentence arriving behind a call of 200 rides in the next batch, not after the
+200. A batch that raises
 fails its own jobs only; the worker carries on. The queue is bounded, and a call is refused before any of its
 jobs is queued (`admit` refuses before the caller has prepared anything). A call that times out, or whose
 client goes away, cancels its jobs: they leave the queue's count at once and are never computed.
@@ -77,6 +80,11 @@ class _Entry(Generic[J]):
     on_batch: Callable[[int], None] | None = field(default=None, repr=False)  # told the size of its batch
     queued: bool = field(default=True, repr=False)  # in the queue and counted in its size
 
+    @property
+    def wanted(self) -> bool:
+        """Queued, and someone still waits for it (not cancelled, even if its callback has not run yet)."""
+        return self.queued and not self.future.done()
+
 
 class BatchingEngine(Generic[J, R]):
     """Dynamic batching over `run_batch(jobs) -> results` (one result per job, same order).
@@ -94,7 +102,9 @@ class BatchingEngine(Generic[J, R]):
         self.max_queue = settings.max_queue
         self.timeout = settings.request_timeout_s
         self.busy_delay = settings.busy_delay_ms / 1000.0
-        self._queue: deque[_Entry[J]] = deque()
+        # One line of entries per call, in the order the calls are served next (round-robin).
+        self._lines: deque[deque[_Entry[J]]] = deque()
+        self._held = 0  # entries in the lines, cancelled ones included
         # Jobs in the queue that someone still waits for: what the bound counts. A job cancelled while queued
         # (its client left, its call timed out) stops counting at once, though it leaves the deque only when
         # the worker reaches it (or when a purge clears out many such entries).
@@ -190,11 +200,15 @@ class BatchingEngine(Generic[J, R]):
         loop = asyncio.get_running_loop()
         futures = []
         now = time.monotonic()
+        line: deque[_Entry[J]] = deque()
         for job in jobs:
             entry = _Entry(job, loop.create_future(), now, on_batch)
             entry.future.add_done_callback(lambda f, entry=entry: self._on_done(f, entry))
-            self._queue.append(entry)
+            line.append(entry)
             futures.append(entry.future)
+        if line:
+            self._lines.append(line)
+            self._held += len(line)
         self._live += len(jobs)
         self.metrics.queue_size.set(self._live)
         self._wakeup.set()
@@ -210,43 +224,80 @@ class BatchingEngine(Generic[J, R]):
         if future.cancelled() and entry.queued:
             self._dequeued(entry)
             self.metrics.queue_size.set(self._live)
-            if len(self._queue) > 2 * self.max_queue:  # many dead entries: drop them now, not when reached
-                self._queue = deque(e for e in self._queue if e.queued)
+            if self._held > 2 * self.max_queue:  # many cancelled entries (during a long batch): drop them now
+                kept = (deque(e for e in line if e.queued) for line in self._lines)
+                self._lines = deque(line for line in kept if line)
+                self._held = sum(map(len, self._lines))
+
+    def _head(self, line: deque[_Entry[J]]) -> _Entry[J] | None:
+        """The first entry of a line that someone still waits for; the dead ones before it are dropped."""
+        while line and not line[0].wanted:
+            self._dequeued(line.popleft())  # cancelled: its callback, maybe still to run, finds it dequeued
+            self._held -= 1
+        return line[0] if line else None
+
+    def _oldest(self) -> float | None:
+        """When the longest-waiting live entry was queued (None: nothing is queued)."""
+        heads = [head.enqueued for line in self._lines if (head := self._head(line)) is not None]
+        return min(heads, default=None)
 
     def _full(self) -> bool:
-        tokens = 0
-        for n, entry in enumerate(self._queue, start=1):
-            tokens += entry.job.num_tokens
-            if n >= self.max_batch_sequences or tokens >= self.max_batch_tokens:
-                return True
+        """Whether the queue holds a full batch: max_batch_sequences jobs, or more padded tokens than a batch
+        takes (a rough count: a line's jobs are counted in its order)."""
+        rows = longest = 0
+        for line in self._lines:
+            for entry in line:
+                if entry.wanted:
+                    rows += 1
+                    longest = max(longest, entry.job.num_tokens)
+                    if rows >= self.max_batch_sequences or rows * longest >= self.max_batch_tokens:
+                        return True
         return False
 
     def _take(self) -> list[_Entry[J]]:
+        """The next batch: one job from each line in turn (round-robin, from where the last batch stopped)
+        until max_batch_sequences rows, or until no line's next job fits the padded-token budget (rows x
+        longest <= max_batch_tokens; the first job always fits, so a longer one runs alone)."""
         batch: list[_Entry[J]] = []
-        tokens = 0
-        while self._queue and len(batch) < self.max_batch_sequences:
-            n = self._queue[0].job.num_tokens
-            if batch and tokens + n > self.max_batch_tokens:
-                break
-            entry = self._queue.popleft()
-            if entry.future.done():  # cancelled or timed out while queued: nobody wants it
+        longest = 0
+        lines = self._lines
+        stuck = 0  # lines visited in a row whose next job did not fit
+        while lines and stuck < len(lines) and len(batch) < self.max_batch_sequences:
+            line = lines[0]
+            entry = self._head(line)
+            if entry is None:
+                lines.popleft()
                 continue
+            wider = max(longest, entry.job.num_tokens)
+            if batch and (len(batch) + 1) * wider > self.max_batch_tokens:
+                stuck += 1
+                lines.rotate(-1)
+                continue
+            line.popleft()
+            self._held -= 1
             self._dequeued(entry)
             batch.append(entry)
-            tokens += n
+            longest, stuck = wider, 0
+            if line:
+                lines.rotate(-1)  # its next job waits for the other lines' turns
+            else:
+                lines.popleft()
         self.metrics.queue_size.set(self._live)
         return batch
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            oldest = self._oldest()
+            if oldest is None:
+                self._lines.clear()
+                self._held = 0
                 if self._stopping:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            deadline = self._queue[0].enqueued + self.max_wait
+            deadline = oldest + self.max_wait
             trigger = "full"
             while not self._full():
                 remaining = deadline - time.monotonic()

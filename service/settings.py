@@ -58,7 +58,12 @@ class Settings(BaseSettings):
 
     # Batching engine
     max_batch_sequences: int = Field(64, ge=1, description="sequences per forward pass at most")
-    max_batch_tokens: int = Field(16384, ge=1, description="tokens per forward pass at most (a longer item runs alone)")
+    max_batch_tokens: int = Field(
+        4096,
+        ge=1,
+        description="padded tokens (rows x longest) per forward pass at most (a longer item runs alone): bounds "
+        "how long a batch holds the model, and so how long a newly arrived request waits",
+    )
     max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the oldest queued item may wait for company")
     max_queue: int = Field(2048, ge=1, description="queued sequences at most; beyond that requests get 429")
     max_chunk_tokens: int = Field(8192, ge=1, description="time steps x batch rows per LSTM chunk (bounds memory)")
@@ -84,6 +89,12 @@ class Settings(BaseSettings):
     max_sentences: int = Field(256, ge=1, description="sentences (or prefixes) per request")
     max_chars: int = Field(20000, ge=1, description="characters per sentence or prefix")
     max_tokens: int = Field(4096, ge=1, description="tokens per sentence or prefix, after normalisation")
+    max_request_tokens: int = Field(
+        65_536,
+        ge=1,
+        description="tokens one request may send to the model, all its sentences, prefixes or prompts together "
+        "(422 beyond: split it); bounds the work one request can hold the model with",
+    )
     max_top_k: int = Field(100, ge=1, description="largest top_k of /next-word (and logprobs of /v1/completions)")
     max_new_tokens: int = Field(256, ge=1, description="words one /v1/completions prompt may generate (max_tokens)")
     max_candidates: int = Field(100, ge=1, description="candidates per /next-word request")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,16 +34,19 @@ def jobs(sequences: list[list[int]]) -> list[Seq]:
 
 
 class FakeForward:
-    """`run_batch`: records each batch (lists of ids) and answers sum(ids) per item; fails on a poisoned item."""
+    """`run_batch`: records each batch (lists of ids) and answers sum(ids) per item; fails on a poisoned item;
+    takes `seconds` per batch."""
 
-    def __init__(self, poison: int | None = None) -> None:
+    def __init__(self, poison: int | None = None, seconds: float = 0.0) -> None:
         self.batches: list[list[list[int]]] = []
         self.poison = poison
+        self.seconds = seconds  # each batch takes this long
         self.threads: set[str] = set()
 
     def __call__(self, items: list[Seq]) -> list[int]:
         self.threads.add(threading.current_thread().name)
         self.batches.append([list(it.ids) for it in items])
+        time.sleep(self.seconds)
         if self.poison is not None and any(self.poison in it.ids for it in items):
             raise RuntimeError("poisoned batch")
         return [sum(it.ids) for it in items]
@@ -124,8 +128,55 @@ def test_max_batch_tokens_is_respected_and_a_long_item_runs_alone() -> None:
 
     run_engine(fake, body, max_batch_tokens=10, max_wait_ms=10)
     assert [[len(ids) for ids in b] for b in fake.batches] == [[4, 4], [4], [25], [4]]
-    for batch in fake.batches:
-        assert len(batch) == 1 or sum(map(len, batch)) <= 10
+    for batch in fake.batches:  # padded: rows x longest
+        assert len(batch) == 1 or len(batch) * max(map(len, batch)) <= 10
+
+
+def test_the_token_budget_counts_padding() -> None:
+    """A batch costs rows x longest: a 9-token job and three 1-token jobs are 36 padded tokens, not 12."""
+    fake = FakeForward()
+
+    async def body(engine):
+        return await asyncio.gather(*engine.submit(jobs(seqs(9, 1, 1, 1))))
+
+    run_engine(fake, body, max_batch_tokens=20, max_wait_ms=10)
+    assert [[len(ids) for ids in b] for b in fake.batches] == [[9, 1], [1, 1]]
+
+
+def test_a_small_call_behind_a_large_one_rides_in_the_next_batch() -> None:
+    """Fair between calls: one job from each call's line in turn, so a call of one job queued behind a call of
+    20 is in the first batch, not after the 20; and a call that arrives while a batch runs is in the next."""
+    fake = FakeForward(seconds=0.1)
+
+    async def body(engine):
+        large = engine.submit(jobs(seqs(*[2] * 20)))
+        small = engine.submit(jobs([[100]]))
+        await asyncio.sleep(0.03)  # the first batch is running (the queue held a full one)
+        later = engine.submit(jobs([[200], [201]]))
+        return await asyncio.gather(*small, *later, *large)
+
+    run_engine(fake, body, max_batch_sequences=4, max_wait_ms=20)
+    firsts = [ids[0] for ids in fake.batches[0]]
+    assert 100 in firsts and len(firsts) == 4
+    assert [200] in fake.batches[1] and [201] in fake.batches[1]  # both of the later call's jobs, in the next
+    # The large call was not starved either: its jobs ran in every batch, in its order.
+    large_order = [ids[0] for b in fake.batches for ids in sorted(b, key=lambda ids: ids[0]) if ids[0] <= 20]
+    assert sorted(large_order) == list(range(1, 21))
+
+
+def test_a_job_that_does_not_fit_the_budget_lets_other_calls_jobs_past() -> None:
+    """A call's next job too long for the batch so far waits for a later batch; other calls' short jobs still
+    fill this one."""
+    fake = FakeForward()
+
+    async def body(engine):
+        a = engine.submit(jobs([[1], [2] * 8]))
+        b = engine.submit(jobs([[3], [4], [5]]))
+        return await asyncio.gather(*a, *b)
+
+    run_engine(fake, body, max_batch_tokens=4, max_wait_ms=10)
+    assert sorted(fake.batches[0]) == [[1], [3], [4], [5]]
+    assert fake.batches[1] == [[2] * 8]
 
 
 def lone_item_wait(max_wait_ms: float) -> float:
