@@ -86,8 +86,10 @@ def json_body(model: BaseModel) -> Response:
 
 
 async def run_jobs(request: Request, jobs: Sequence[Any], deadline: Deadline | None = None) -> list[Any]:
-    """The engine's results for `jobs`, on behalf of `request`: dropped if its client goes away, the number of
-    sequences and the largest batch they ran in noted for the access log."""
+    """The engine's results for `jobs`, on behalf of `request`: all their tokens within max_request_tokens
+    (422 beyond, nothing queued), dropped if its client goes away, the number of sequences and the largest
+    batch they ran in noted for the access log."""
+    request.app.state.limits.check_request_tokens(sum(job.num_tokens for job in jobs))
     request.state.sequences = len(jobs)
     request.state.batch_size = 0
 

@@ -22,13 +22,14 @@ def limit_exceeded(limit: str, message: str, value: int, maximum: int, status: i
 
 
 class Limits:
-    """The request limits of `Settings` (max_sentences, max_chars, max_tokens, max_top_k, max_candidates,
-    max_body_bytes, max_answer_words) and their checks."""
+    """The request limits of `Settings` (max_sentences, max_chars, max_tokens, max_request_tokens, max_top_k,
+    max_candidates, max_body_bytes, max_answer_words) and their checks."""
 
     def __init__(self, settings: Settings) -> None:
         self.max_sentences = settings.max_sentences
         self.max_chars = settings.max_chars
         self.max_tokens = settings.max_tokens
+        self.max_request_tokens = settings.max_request_tokens
         self.max_top_k = settings.max_top_k
         self.max_new_tokens = settings.max_new_tokens
         self.max_candidates = settings.max_candidates
@@ -65,6 +66,22 @@ class Limits:
                 len(words),
                 self.max_tokens,
             )
+
+    def check_request_tokens(self, n: int, so_far: bool = False) -> None:
+        """All the tokens one request sends to the model (`so_far`: those of the texts encoded so far): at most
+        max_request_tokens."""
+        if n > self.max_request_tokens:
+            counted = f"{n:,} tokens in the first texts of one request" if so_far else f"{n:,} tokens in one request"
+            raise limit_exceeded(
+                "max_request_tokens",
+                f"{counted}; at most {self.max_request_tokens:,}: split it into several requests",
+                n,
+                self.max_request_tokens,
+            )
+
+    def tally(self) -> TokenTally:
+        """A counter of one request's tokens as its texts are encoded (see TokenTally)."""
+        return TokenTally(self)
 
     def words(self, encoder: SentenceEncoder, text: str, what: str, normalize: bool = True) -> list[str]:
         """The words of one sentence, prefix or prompt as `encoder` splits it (`normalize`: the model's own
@@ -138,3 +155,17 @@ def _bound(prop: dict, **limits: int) -> None:
             branch[key] = limits[key]
             if branch["type"] == "array" and "item_max_length" in limits:
                 branch["items"]["maxLength"] = limits["item_max_length"]
+
+
+class TokenTally:
+    """One request's tokens, counted as its texts are encoded: 422 `max_request_tokens` as soon as they pass the
+    limit, so that an oversize request stops costing CPU (and memory) there, not after all its texts are
+    normalised. `run_jobs` checks the whole again before anything is queued."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        self.limits.check_request_tokens(self.total, so_far=True)

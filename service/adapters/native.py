@@ -44,9 +44,14 @@ async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     inline = small(texts, len(texts))
-    encoded = await deadline.map(
-        lambda t: encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos), texts, inline=inline
-    )
+    tally = state.limits.tally()
+
+    def encode(text: str) -> Encoded:
+        e = encode_sentence(state.encoder, state.limits, text, body.normalize, body.add_eos)
+        tally.add(len(e.ids))
+        return e
+
+    encoded = await deadline.map(encode, texts, inline=inline)
     scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded], deadline)
 
     def answer() -> Response:
@@ -72,9 +77,14 @@ async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Re
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     inline = small(texts, len(texts) * (top_k + len(body.candidates or ())))
-    encoded = await deadline.map(
-        lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), texts, inline=inline
-    )
+    tally = state.limits.tally()
+
+    def encode(text: str) -> Encoded:
+        e = encode_prefix(state.encoder, state.limits, text, body.normalize)
+        tally.add(len(e.ids))
+        return e
+
+    encoded = await deadline.map(encode, texts, inline=inline)
     dists = await run_jobs(request, [NextJob(e.ids) for e in encoded], deadline)
     state.metrics.tokens_scored.labels("/next-word").inc(len(encoded))
 

@@ -135,7 +135,14 @@ async def completions(body: CompletionRequest, request: Request, state: Ready) -
     params = check_completion(body, state.limits, raw)
     await state.engine.admit(len(raw))
     deadline = Deadline(request)
-    prompts = await deadline.map(lambda p: encode_prompt(state.encoder, state.limits, p), raw)
+    tally = state.limits.tally()
+
+    def encode(prompt: str | list[int]) -> Prompt:
+        p = encode_prompt(state.encoder, state.limits, prompt)
+        tally.add(len(p.context))
+        return p
+
+    prompts = await deadline.map(encode, raw)
     k = body.logprobs
     scores: list[TokenScores | None] = [None] * len(prompts)
     if body.echo and k is not None:
