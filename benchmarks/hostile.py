@@ -140,8 +140,8 @@ CASES: dict[str, Callable[[Server], list[object]]] = {
         s.post("/next-word", {"prefixes": ["the"] * 256, "candidates": ["the"] * 100, "top_k": 100})
     ],
     "200 sentences of 12,500 pathological characters": lambda s: [s.post("/score", {"sentences": [HEAVY] * 200})],
-    "4 sentences of 1,500 words (/score, within every limit)": lambda s: [
-        s.post("/score", {"sentences": ["the stock market " * 500] * 4})
+    "2 sentences of 1,500 words (/score, within every limit)": lambda s: [
+        s.post("/score", {"sentences": ["the stock market " * 500] * 2})
     ],
     "/v1/completions, 200 such prompts, echo + logprobs": lambda s: [
         s.post("/v1/completions", {"prompt": [HEAVY] * 200, "echo": True, "logprobs": 5, "max_tokens": 50})
