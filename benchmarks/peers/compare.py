@@ -5,12 +5,14 @@
     python -m benchmarks.http_load --peers --seconds 2 --concurrency 64 --peer-setups lmserve litserve \
         --litserve-flags="--max-batch-size 32 --batch-timeout 0.002" --no-write
 
-Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32), `no-batching` (the same with
-LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's `max_batch_size`/`batch_timeout` batching around plain
-torch: `benchmarks/peers/litserve_server.py`) and `ray-serve` (Ray Serve's `@serve.batch`:
-`benchmarks/peers/ray_server.py`). LitServe is tuned first, in the same run: every setting of LITSERVE_SWEEP
-(its docs' two knobs: batch size and timeout) at `/score` one sentence, concurrency 64; its best (answered/s, no
-errors) is the one compared. Then every server is up at once and each point (endpoint, concurrency) is measured on
+Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32), `lmserve-2w` (the same with
+`--workers 2` and LMSERVE_THREADS=1: one worker per core, as docs/operations.md advises for a multi-core CPU),
+`no-batching` (the service with LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's
+`max_batch_size`/`batch_timeout` batching around plain torch: `benchmarks/peers/litserve_server.py`) and
+`ray-serve` (Ray Serve's `@serve.batch`: `benchmarks/peers/ray_server.py`). LitServe is tuned first, in the
+same run: every setting of LITSERVE_SWEEP (its docs' batching knobs, batch size and timeout, and two inference
+workers of one thread each) at `/score` one sentence, concurrency 64; its best (answered/s, no errors) is the
+one compared. Then every server is up at once and each point (endpoint, concurrency) is measured on
 every setup in turn, so that a shared machine's drift hits all alike. Last, the in-process ceiling:
 `ModelRunner.run` on PTB test sentences at the mean batch size the service formed at each `/score` point.
 
@@ -37,13 +39,21 @@ import httpx
 
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
 
-PEER_SETUPS = ("lmserve", "no-batching", "litserve", "ray-serve")
+PEER_SETUPS = ("lmserve", "lmserve-2w", "no-batching", "litserve", "ray-serve")
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
+OURS = ("lmserve", "lmserve-2w")  # the service as its docs advise: its defaults; one worker per core, 1 thread each
+SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
 ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
-HEALTH = {"lmserve": "/readyz", "no-batching": "/readyz", "litserve": "/health", "ray-serve": "/-/healthz"}
+HEALTH = {"lmserve": "/readyz", "lmserve-2w": "/readyz", "no-batching": "/readyz", "litserve": "/health",
+          "ray-serve": "/-/healthz"}  # fmt: skip
 # LitServe's batching knobs (its docs: `max_batch_size`, `batch_timeout` in seconds), one inference worker with
-# torch's threads, as the service runs.
+# torch's threads, as the service runs; and its scaling knob (`workers_per_device`): two inference processes of
+# one torch thread each, as `lmserve-2w` runs.
 LITSERVE_SWEEP = [("--max-batch-size", b, "--batch-timeout", t) for b in ("16", "32", "64") for t in ("0.002", "0.01")]
+LITSERVE_SWEEP += [
+    ("--max-batch-size", b, "--batch-timeout", "0.002", "--workers-per-device", "2", "--threads", "1")
+    for b in ("16", "32")
+]
 RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @serve.batch: size and wait
 TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
 TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
@@ -67,9 +77,12 @@ def ratio(ours: float, theirs: float) -> str:
 
 def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment that start `setup` on 127.0.0.1:port."""
-    if setup in ("lmserve", "no-batching"):
+    if setup in SERVICE:
         env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1"} if setup == "no-batching" else {}
         cmd = [sys.executable, "-m", "service", "--model", model, "--port", str(port), "--log-level", "warning"]
+        if setup == "lmserve-2w":
+            cmd += ["--workers", "2"]
+            env["LMSERVE_THREADS"] = "1"
         return cmd, env
     module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
     flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)
@@ -124,23 +137,23 @@ def table_rows(results: dict[tuple[str, str, int], Point], tokens: dict[str, flo
     """One row per (setup, endpoint, concurrency), in the order measured."""
     rows = []
     for (s, name, c), p in results.items():
-        batch = f"{p.batch:.1f}" if s in ("lmserve", "no-batching") else ""
+        batch = f"{p.batch:.1f}" if s in SERVICE else ""
         rows.append([s, name, str(c), f"{p.rps:,.0f}", f"{p.rps * tokens[name]:,.0f}", f"{p.p50_ms:.1f}"])
         rows[-1] += [f"{p.p99_ms:.1f}", batch, str(p.errors)]
     return rows
 
 
 def ratio_rows(results: dict[tuple[str, str, int], Point]) -> tuple[list[str], list[list[str]]]:
-    """Ours against each other setup at every point both ran: answered/s ratio and p99 of each."""
-    others = list(dict.fromkeys(s for s, _, _ in results if s != "lmserve"))
-    header = ["endpoint", "conc.", *[f"ours / {s}" for s in others], "ours p99 ms", *[f"{s} p99 ms" for s in others]]
+    """Each of ours against each other setup at every point both ran: answered/s ratio and p99 of each."""
+    others = list(dict.fromkeys(s for s, _, _ in results if s not in OURS))
+    header = ["ours", "endpoint", "conc.", *[f"/ {s}" for s in others], "p99 ms", *[f"{s} p99 ms" for s in others]]
     rows = []
     for (s, name, c), ours in results.items():
-        if s != "lmserve":
+        if s not in OURS:
             continue
         theirs = [results.get((o, name, c)) for o in others]
         rows.append(
-            [name, str(c), *[ratio(ours.rps, t.rps) if t else "" for t in theirs], f"{ours.p99_ms:.1f}"]
+            [s, name, str(c), *[ratio(ours.rps, t.rps) if t else "" for t in theirs], f"{ours.p99_ms:.1f}"]
             + [f"{t.p99_ms:.1f}" if t else "" for t in theirs]
         )
     return header, rows
@@ -161,8 +174,8 @@ def engine_rows(
 def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]]) -> list[str]:
     """The targets read off this run: met or not, with the figures."""
     lines = []
-    for name in ENDPOINTS:
-        ours = results.get(("lmserve", name, 64))
+    for name, setup in [(n, s) for n in ENDPOINTS for s in OURS]:
+        ours = results.get((setup, name, 64))
         peers = {s: p for (s, n, c), p in results.items() if n == name and c == 64 and s in PEERS}
         if ours is None or not peers:
             continue
@@ -170,7 +183,7 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
         theirs = peers[best]
         met = ours.rps >= TARGET_RATIO * theirs.rps and (name != "/score 1" or ours.p99_ms < theirs.p99_ms)
         lines.append(
-            f"- `{name}`, concurrency 64, >= {TARGET_RATIO}x the best peer"
+            f"- `{name}`, concurrency 64, {setup} >= {TARGET_RATIO}x the best peer"
             f"{' with a lower p99' if name == '/score 1' else ''}: {ours.rps:,.0f} answered/s (p99 {ours.p99_ms:.1f} "
             f"ms) against {best}'s {theirs.rps:,.0f} (p99 {theirs.p99_ms:.1f} ms): {ratio(ours.rps, theirs.rps)}, "
             f"**{'met' if met else 'not met'}**."
@@ -253,7 +266,7 @@ def main(argv: list[str]) -> None:
         files[name].write_text("\n".join(pools[name][1]) + "\n")
 
     def run(setup: str, base: str, c: int, seconds: float, name: str = "/score 1") -> Point:
-        path, ours = pools[name][0], setup in ("lmserve", "no-batching")
+        path, ours = pools[name][0], setup in SERVICE
         load(base, path, files[name], script, c, 1.0)  # warm-up
         wait_idle(base) if ours else time.sleep(1.0)  # a peer does not show its queue: a second
         seqs0, passes0 = batch_totals(base) if ours else (0.0, 0.0)
@@ -282,7 +295,7 @@ def main(argv: list[str]) -> None:
             try:
                 servers[setup] = start(setup, args.model, flags.get(setup, ()))
             except RuntimeError as e:
-                if setup in ("lmserve", "no-batching"):
+                if setup in SERVICE:
                     raise
                 missing.append(f"{setup} ({e})")
                 print(f"warning: {setup} did not start ({e}); measuring without it", flush=True)
@@ -309,7 +322,7 @@ def main(argv: list[str]) -> None:
         + (f" Did not start: {', '.join(missing)}." if missing else "")
         + "\n\n"
         + table(header, table_rows(results, tokens))
-        + "\n\nOurs (`lmserve`) against each:\n\n"
+        + "\n\nOurs (`lmserve`, `lmserve-2w`) against each:\n\n"
         + table(ratio_header, ratios)
     )
     if sweep:

@@ -165,9 +165,9 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
         ("litserve", "/next-word", 64): Point(500, 100, 200, 0),
     }
     header, rows = ratio_rows(results)
-    assert header[:4] == ["endpoint", "conc.", "ours / litserve", "ours / ray-serve"]
-    assert rows[0][:4] == ["/score 1", "64", "3.00x", "2.00x"]
-    assert rows[1][:4] == ["/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
+    assert header[:5] == ["ours", "endpoint", "conc.", "/ litserve", "/ ray-serve"]
+    assert rows[0][:5] == ["lmserve", "/score 1", "64", "3.00x", "2.00x"]
+    assert rows[1][:5] == ["lmserve", "/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
     assert ratio(5, 0) == "-"  # a peer that answered nothing: no ratio, no crash
     engine = engine_rows(results, {32: 15000.0}, {"/score 1": 20.0, "/next-word": 1.0})
     assert engine == [["64", "31.6", "12,000", "15,000", "80%"]]
@@ -177,6 +177,12 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     assert "1.80x, **met**" in lines[1] and "80%, **met**" in lines[2]
     results[("ray-serve", "/score 1", 64)] = Point(300, 250, 200, 0)
     assert "2.00x, **met**" in targets(results, engine)[0]
+    # Each of our setups is held to the targets against the same best peer.
+    results[("lmserve-2w", "/score 1", 64)] = Point(900, 40, 100, 0, batch=20.0)
+    lines = targets(results, engine)
+    assert "lmserve-2w >= 1.5x" in lines[1] and "3.00x, **met**" in lines[1]
+    header, rows = ratio_rows(results)
+    assert [r[0] for r in rows] == ["lmserve", "lmserve", "lmserve-2w"] and "/ lmserve-2w" not in header
 
 
 def test_the_peers_answer_our_request_with_our_numbers() -> None:
