@@ -26,7 +26,7 @@ from service.engine import BatchingEngine
 from service.errors import install_error_handlers, not_ready
 from service.http import Ready
 from service.limits import Limits
-from service.memory import fix_mmap_threshold, release_memory_periodically
+from service.memory import release_memory_periodically
 from service.metrics import CONTENT_TYPE, Metrics
 from service.middleware import KEYED, Guard, GuardedRoute, RequestObserverMiddleware, endpoint_of
 from service.runner import ModelRunner
@@ -123,7 +123,6 @@ async def lifespan(app: FastAPI):
         runner.device,
         runner.dtype_name,
     )
-    fix_mmap_threshold()
     trimming = asyncio.create_task(release_memory_periodically())
     try:
         yield
