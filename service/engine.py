@@ -9,10 +9,10 @@ or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms
 little padding is computed, runs the batch in a worker thread (off the event loop) and resolves each future.
 The queue is fair between calls: each call's jobs wait in their own line, and a batch takes one job from each
 line in turn, so a call of one sentence arriving behind a call of 200 rides in the next batch, not after the
-200. A batch that raises
-fails its own jobs only; the worker carries on. The queue is bounded, and a call is refused before any of its
-jobs is queued (`admit` refuses before the caller has prepared anything). A call that times out, or whose
-client goes away, cancels its jobs: they leave the queue's count at once and are never computed.
+200. A batch that raises fails its own jobs only; the worker carries on. The queue is bounded, and a call is
+refused before any of its jobs is queued (`admit` refuses before the caller has prepared anything). A call that
+times out, or whose client goes away, cancels its jobs: they leave the queue's count at once and are never
+computed.
 """
 
 from __future__ import annotations

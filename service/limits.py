@@ -8,12 +8,15 @@ hard ceilings only; the limits below can be tuned without a code change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from lm.encoding import SentenceEncoder
 from service.errors import APIError
 from service.settings import Settings
+
+T = TypeVar("T")
+E = TypeVar("E")
 
 
 def limit_exceeded(limit: str, message: str, value: int, maximum: int, status: int = 422) -> APIError:
@@ -79,9 +82,20 @@ class Limits:
                 self.max_request_tokens,
             )
 
-    def tally(self) -> TokenTally:
-        """A counter of one request's tokens as its texts are encoded (see TokenTally)."""
-        return TokenTally(self)
+    def tallied(self, encode: Callable[[T], E], tokens: Callable[[E], int]) -> Callable[[T], E]:
+        """`encode` for one request's texts, counting `tokens(result)` across its calls: 422 `max_request_tokens`
+        as soon as they pass the limit, so that an oversize request stops costing CPU (and memory) there, not
+        after all its texts are normalised. `run_jobs` checks the whole again before anything is queued."""
+        total = 0
+
+        def counted(item: T) -> E:
+            nonlocal total
+            result = encode(item)
+            total += tokens(result)
+            self.check_request_tokens(total, so_far=True)
+            return result
+
+        return counted
 
     def words(self, encoder: SentenceEncoder, text: str, what: str, normalize: bool = True) -> list[str]:
         """The words of one sentence, prefix or prompt as `encoder` splits it (`normalize`: the model's own
@@ -155,17 +169,3 @@ def _bound(prop: dict, **limits: int) -> None:
             branch[key] = limits[key]
             if branch["type"] == "array" and "item_max_length" in limits:
                 branch["items"]["maxLength"] = limits["item_max_length"]
-
-
-class TokenTally:
-    """One request's tokens, counted as its texts are encoded: 422 `max_request_tokens` as soon as they pass the
-    limit, so that an oversize request stops costing CPU (and memory) there, not after all its texts are
-    normalised. `run_jobs` checks the whole again before anything is queued."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.total = 0
-
-    def add(self, n: int) -> None:
-        self.total += n
-        self.limits.check_request_tokens(self.total, so_far=True)

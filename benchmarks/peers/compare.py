@@ -47,8 +47,6 @@ PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the 
 OURS = ("lmserve", "lmserve-2w")  # the service as its docs advise: its defaults; one worker per core, 1 thread each
 SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
 ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
-HEALTH = {"lmserve": "/readyz", "lmserve-2w": "/readyz", "no-batching": "/readyz", "litserve": "/health",
-          "ray-serve": "/-/healthz"}  # fmt: skip
 # LitServe's batching knobs (its docs: `max_batch_size`, `batch_timeout` in seconds), one inference worker with
 # torch's threads, as the service runs; and its scaling knob (`workers_per_device`): two inference processes of
 # one torch thread each, as `lmserve-2w` runs.

@@ -44,13 +44,9 @@ async def score(body: ScoreRequest, request: Request, state: Ready) -> Response:
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     inline = small(texts, len(texts))
-    tally = state.limits.tally()
-
-    def encode(text: str) -> Encoded:
-        e = encode_sentence(state.encoder, state.limits, text, body.normalize, body.add_eos)
-        tally.add(len(e.ids))
-        return e
-
+    encode = state.limits.tallied(
+        lambda t: encode_sentence(state.encoder, state.limits, t, body.normalize, body.add_eos), lambda e: len(e.ids)
+    )
     encoded = await deadline.map(encode, texts, inline=inline)
     scores = await run_jobs(request, [ScoreJob(e.ids, ranks=body.per_token) for e in encoded], deadline)
 
@@ -77,13 +73,9 @@ async def next_word(body: NextWordRequest, request: Request, state: Ready) -> Re
     await state.engine.admit(len(texts))
     deadline = Deadline(request)
     inline = small(texts, len(texts) * (top_k + len(body.candidates or ())))
-    tally = state.limits.tally()
-
-    def encode(text: str) -> Encoded:
-        e = encode_prefix(state.encoder, state.limits, text, body.normalize)
-        tally.add(len(e.ids))
-        return e
-
+    encode = state.limits.tallied(
+        lambda t: encode_prefix(state.encoder, state.limits, t, body.normalize), lambda e: len(e.ids)
+    )
     encoded = await deadline.map(encode, texts, inline=inline)
     dists = await run_jobs(request, [NextJob(e.ids) for e in encoded], deadline)
     state.metrics.tokens_scored.labels("/next-word").inc(len(encoded))

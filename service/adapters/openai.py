@@ -135,13 +135,7 @@ async def completions(body: CompletionRequest, request: Request, state: Ready) -
     params = check_completion(body, state.limits, raw)
     await state.engine.admit(len(raw))
     deadline = Deadline(request)
-    tally = state.limits.tally()
-
-    def encode(prompt: str | list[int]) -> Prompt:
-        p = encode_prompt(state.encoder, state.limits, prompt)
-        tally.add(len(p.context))
-        return p
-
+    encode = state.limits.tallied(lambda p: encode_prompt(state.encoder, state.limits, p), lambda p: len(p.context))
     prompts = await deadline.map(encode, raw)
     k = body.logprobs
     scores: list[TokenScores | None] = [None] * len(prompts)
