@@ -5,8 +5,9 @@ by. What a job means is the business of the `run_batch(jobs) -> results` functio
 
 `await engine.run(jobs, timeout=..., is_disconnected=...)` is the entry point: it queues one entry per job, each
 with its own future, and waits for the results. One worker task gathers entries until the batch is full (by jobs
-or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms`, sorts them by size so that
-little padding is computed, runs the batch in a worker thread (off the event loop) and resolves each future.
+or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms` (at once, when calls have lately
+been coming further apart than that: waiting would only delay them), sorts them by size so that little padding is
+computed, runs the batch in a worker thread (off the event loop) and resolves each future.
 The queue is fair between calls: each call's jobs wait in their own line, and a batch takes one job from each
 line in turn, so a call of one sentence arriving behind a call of 200 rides in the next batch, not after the
 200. A batch that raises fails its own jobs only; the worker carries on. The queue is bounded, and a call is
@@ -33,6 +34,10 @@ from service.settings import Settings
 log = logging.getLogger("service.engine")
 
 DISCONNECT_POLL_S = 0.1  # how often `run` asks whether the caller is still there
+# The weight of each new call in the engine's estimate of how often a call comes within max_wait_ms of the one
+# before (about the last ten calls count); below COMPANY_LIKELY, a batch that is not full runs without waiting.
+COMPANY_WEIGHT = 0.1
+COMPANY_LIKELY = 0.5
 
 
 class Job(Protocol):
@@ -109,6 +114,10 @@ class BatchingEngine(Generic[J, R]):
         # (its client left, its call timed out) stops counting at once, though it leaves the deque only when
         # the worker reaches it (or when a purge clears out many such entries).
         self._live = 0
+        # How often a call has lately come within max_wait of the one before it (an exponential average, from
+        # 1: company is expected until calls are seen to come apart). Waiting for company pays only when it does.
+        self._company = 1.0
+        self._last_call = -float("inf")
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -200,6 +209,9 @@ class BatchingEngine(Generic[J, R]):
         loop = asyncio.get_running_loop()
         futures = []
         now = time.monotonic()
+        close = now - self._last_call < self.max_wait
+        self._company += COMPANY_WEIGHT * (close - self._company)
+        self._last_call = now
         line: deque[_Entry[J]] = deque()
         for job in jobs:
             entry = _Entry(job, loop.create_future(), now, on_batch)
@@ -285,6 +297,17 @@ class BatchingEngine(Generic[J, R]):
         self.metrics.queue_size.set(self._live)
         return batch
 
+    async def _gather(self, deadline: float) -> str:
+        """Wait for company until the batch is full ("full") or until `deadline` ("timeout")."""
+        while not self._full():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping:
+                return "timeout"
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return "full"
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -297,16 +320,12 @@ class BatchingEngine(Generic[J, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            deadline = oldest + self.max_wait
-            trigger = "full"
-            while not self._full():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping:
-                    trigger = "timeout"
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+            if self._full():
+                trigger = "full"
+            elif self._company < COMPANY_LIKELY:
+                trigger = "sparse"  # calls have lately been coming apart: none is likely within max_wait
+            else:
+                trigger = await self._gather(oldest + self.max_wait)
             batch = self._take()
             if not batch:
                 continue

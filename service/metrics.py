@@ -122,7 +122,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        for trigger in ("full", "timeout"):
+        for trigger in ("full", "timeout", "sparse"):
             self.batches.labels(trigger)
         for result in ("hit", "miss"):
             self.prefix_cache_lookups.labels(result)

@@ -64,7 +64,12 @@ class Settings(BaseSettings):
         description="padded tokens (rows x longest) per forward pass at most (a longer item runs alone): bounds "
         "how long a batch holds the model, and so how long a newly arrived request waits",
     )
-    max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the oldest queued item may wait for company")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=10_000,
+        description="how long the oldest queued item may wait for company (not at all while calls come further apart)",
+    )
     max_queue: int = Field(2048, ge=1, description="queued sequences at most; beyond that requests get 429")
     max_chunk_tokens: int = Field(8192, ge=1, description="time steps x batch rows per LSTM chunk (bounds memory)")
     prefix_cache_entries: int = Field(

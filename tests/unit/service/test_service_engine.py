@@ -204,6 +204,56 @@ def test_a_lone_item_waits_max_wait_ms_for_company_then_runs() -> None:
     assert 0.399 <= long < 1.3
 
 
+def one_by_one(calls: int, apart_s: float, max_wait_ms: float) -> tuple[list[float], dict]:
+    """`calls` calls of one item each, one after the other, `apart_s` seconds between a result and the next
+    call (a single client, as at concurrency 1); the seconds each waited for its result, and the metrics."""
+    fake = FakeForward()
+
+    async def body(engine):
+        loop = asyncio.get_running_loop()
+        waits = []
+        for i in range(calls):
+            await asyncio.sleep(apart_s)
+            t0 = loop.time()
+            await asyncio.gather(*engine.submit(jobs([[i + 1]])))
+            waits.append(loop.time() - t0)
+        return waits
+
+    waits, metrics = run_engine(fake, body, max_batch_sequences=64, max_wait_ms=max_wait_ms)
+    return waits, parse_metrics(metrics.render().decode())
+
+
+def batches_by(samples: dict, trigger: str) -> float:
+    return samples[("lmserve_batches_total", frozenset({("trigger", trigger)}))]
+
+
+def test_calls_that_come_apart_stop_waiting_for_company() -> None:
+    """A client alone (each call more than max_wait_ms after the last) pays the wait for company only until the
+    engine has seen calls come apart (the first several); after that its calls run at once ("sparse")."""
+    waits, samples = one_by_one(calls=20, apart_s=0.12, max_wait_ms=100)
+    assert min(waits[:3]) >= 0.099  # company is expected until calls are seen to come apart
+    assert max(waits[-8:]) < 0.09  # then none is waited for
+    assert batches_by(samples, "sparse") >= 8 and batches_by(samples, "timeout") >= 3
+    assert batches_by(samples, "sparse") + batches_by(samples, "timeout") == 20
+
+
+def test_calls_that_come_close_together_still_wait_for_company() -> None:
+    """Calls within max_wait_ms of each other keep the wait: a second caller's job, sent 50 ms after the first
+    of each pair, rides in the first one's batch, every time."""
+    fake = FakeForward()
+
+    async def body(engine):
+        for i in range(12):
+            first = asyncio.gather(*engine.submit(jobs([[2 * i + 1]])))
+            await asyncio.sleep(0.05)
+            second = asyncio.gather(*engine.submit(jobs([[2 * i + 2]])))
+            await asyncio.gather(first, second)
+            await asyncio.sleep(0.01)
+
+    run_engine(fake, body, max_batch_sequences=2, max_wait_ms=300)
+    assert [len(batch) for batch in fake.batches] == [2] * 12
+
+
 def test_queue_full_is_all_or_nothing() -> None:
     fake = FakeForward()
 
