@@ -1,0 +1,162 @@
+"""The HTTP layer's own CPU per request: the app driven in process over ASGI (no sockets, no uvicorn), its model
+replaced by an instant one, so that what is left is what the event loop spends on each request (middleware,
+routing, validation, normalising, the engine's queue and hand-offs, building and sending the answer, the
+metrics and the access-log line) on top of the forward pass.
+
+    python -m benchmarks.loop_cost                            # /score and /next-word, with and without the lane
+    python -m benchmarks.loop_cost --endpoints /score --requests 2000 --rounds 5
+
+On two cores the event loop and the forward pass share the CPU (and the GIL): every microsecond here is one the
+forward pass does not get under load. Each round sends `--requests` requests from `--concurrency` concurrent
+callers (one PTB test sentence per `/score`, a prefix of one and top_k 10 per `/next-word`, as
+`benchmarks.http_load` sends them) to the app with the fast lane (service.lane) and to the app without it
+(every request through FastAPI), alternately; the figure is the median over the rounds of the process's CPU
+time per request. The log goes to /dev/null through the service's own JSON log configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging.config
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import DEFAULT_DATA_DIR, command_line, machine, median, ptb_test_sentences, table
+from benchmarks.http_load import body_pools
+from lm.scoring import TokenScores
+from service.app import create_app
+from service.logs import log_config
+from service.runner import NextJob, ScoreJob
+from service.settings import Settings
+
+ENDPOINTS = {"/score": "/score 1", "/next-word": "/next-word"}
+
+
+def instant(vocab_size: int):
+    """A forward pass that costs nothing: the right shapes, made up numbers."""
+
+    def run(jobs):
+        out = []
+        for job in jobs:
+            if isinstance(job, ScoreJob):
+                out.append(TokenScores(torch.full((len(job.ids) - 1,), -5.0)))
+            elif isinstance(job, NextJob):
+                out.append(torch.full((vocab_size,), -9.2))
+            else:
+                raise TypeError(type(job).__name__)
+        return out
+
+    return run
+
+
+async def call(app, path: str, body: bytes) -> int:
+    """One POST through the app's ASGI interface; the status."""
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client stays connected
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return sent[0]["status"]
+
+
+async def cpu_per_request(app, path: str, bodies: list[bytes], requests: int, concurrency: int) -> float:
+    """Microseconds of process CPU per request over `requests` requests from `concurrency` callers."""
+    rng = random.Random(0)
+    left = [requests]
+
+    async def caller() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            status = await call(app, path, rng.choice(bodies))
+            if status != 200:
+                raise RuntimeError(f"{path} answered {status}")
+
+    start = time.process_time()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return 1e6 * (time.process_time() - start) / requests
+
+
+async def measure(args: argparse.Namespace) -> dict[tuple[str, bool], list[float]]:
+    pools = body_pools(args.data_dir)
+    apps = {}
+    for lane in (True, False):
+        app = create_app(Settings(model=args.model), fast_lane=lane)
+        apps[lane] = (app, app.router.lifespan_context(app))
+    results: dict[tuple[str, bool], list[float]] = {}
+    for app, ctx in apps.values():
+        await ctx.__aenter__()
+        app.state.engine.run_batch = instant(len(app.state.ckpt.vocab))
+    try:
+        for endpoint in args.endpoints:
+            path, lines, _ = pools[ENDPOINTS[endpoint]]
+            bodies = [line.encode() for line in lines]
+            for app, _ in apps.values():  # warm-up
+                await cpu_per_request(app, path, bodies, args.requests // 4, args.concurrency)
+            for r in range(args.rounds):
+                order = [True, False] if r % 2 == 0 else [False, True]
+                for lane in order:
+                    us = await cpu_per_request(apps[lane][0], path, bodies, args.requests, args.concurrency)
+                    results.setdefault((endpoint, lane), []).append(us)
+    finally:
+        for _, ctx in apps.values():
+            await ctx.__aexit__(None, None, None)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoints", nargs="+", choices=list(ENDPOINTS), default=list(ENDPOINTS))
+    p.add_argument("--requests", type=int, default=3000, help="requests per round")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5, help="rounds per app, alternating")
+    p.add_argument("--model", type=Path, default=Settings().model)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    args = p.parse_args()
+    ptb_test_sentences(args.data_dir)  # fails early without the data
+    stdout = sys.stdout
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # the service's log, as configured, goes nowhere
+    logging.config.dictConfig(log_config("info"))
+    try:
+        import uvloop  # the server's loop (uvicorn[standard])
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        results = runner.run(measure(args))
+    sys.stdout = stdout
+    rows = []
+    for endpoint in args.endpoints:
+        lane, plain = median(results[(endpoint, True)]), median(results[(endpoint, False)])
+        rows.append([endpoint, f"{plain:,.0f}", f"{lane:,.0f}", f"{plain / lane:.2f}x"])
+    print(
+        f"{machine()}; `{command_line()}`; {args.requests} requests x {args.rounds} rounds per app, alternating, "
+        f"{args.concurrency} concurrent callers, an instant model; median CPU microseconds per request.\n"
+    )
+    print(table(["endpoint", "through FastAPI (us)", "fast lane (us)", "saved"], rows))
+    print(json.dumps({f"{e} {'lane' if lane else 'fastapi'}": v for (e, lane), v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
