@@ -151,14 +151,16 @@ def uses_wrk() -> bool:
     return LOADER == "wrk" or (LOADER == "auto" and shutil.which("wrk") is not None)
 
 
-def batch_totals(base: str) -> tuple[float, float]:
-    """(sequences, forward passes) the server has run so far, from its /metrics histogram of batch sizes."""
-    totals = {"lmserve_batch_size_sum": 0.0, "lmserve_batch_size_count": 0.0}
+def batch_totals(base: str) -> tuple[float, float, float]:
+    """(sequences, forward passes, seconds in forward passes) the server has run so far, from its /metrics
+    histograms of batch sizes and durations."""
+    names = ["lmserve_batch_size_sum", "lmserve_batch_size_count", "lmserve_batch_inference_duration_seconds_sum"]
+    totals = dict.fromkeys(names, 0.0)
     for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")
         if name in totals:
             totals[name] = float(value)
-    return totals["lmserve_batch_size_sum"], totals["lmserve_batch_size_count"]
+    return totals[names[0]], totals[names[1]], totals[names[2]]
 
 
 def wait_idle(base: str, timeout_s: float = 60.0) -> None:
@@ -267,10 +269,10 @@ def main(argv: list[str] | None = None) -> None:
                 for c in args.concurrency:
                     load(base, path, files.get(name), script, c, 1.0)  # warm-up
                     wait_idle(base)  # what the warm-up left in flight is not this run's
-                    seqs0, passes0 = batch_totals(base)
+                    seqs0, passes0, _ = batch_totals(base)
                     r = load(base, path, files.get(name), script, c, args.seconds)
                     wait_idle(base)
-                    seqs1, passes1 = batch_totals(base)
+                    seqs1, passes1, _ = batch_totals(base)
                     mean_batch = (seqs1 - seqs0) / (passes1 - passes0) if passes1 > passes0 else 0.0
                     # Answered: 2xx. Busy: 429 (queue full: the documented back-pressure). Errors: the rest.
                     seconds = r["duration_us"] / 1e6

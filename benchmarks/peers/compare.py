@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -58,6 +59,8 @@ LITSERVE_SWEEP += [
 RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @serve.batch: size and wait
 TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
 TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
+ENGINE_HEADER = ["conc.", "mean batch", "HTTP tokens/s", "in-process tokens/s", "HTTP / in-process"]
+ENGINE_HEADER += ["forward ms, server", "forward ms, in process"]
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Point:
     p99_ms: float
     errors: int
     batch: float = 0.0
+    forward_ms: float = 0.0  # the service's mean forward pass per batch over the run, as its engine timed it
 
 
 def ratio(ours: float, theirs: float) -> str:
@@ -161,14 +165,18 @@ def ratio_rows(results: dict[tuple[str, str, int], Point]) -> tuple[list[str], l
 
 
 def engine_rows(
-    results: dict[tuple[str, str, int], Point], engine: dict[int, float], tokens: dict[str, float]
+    results: dict[tuple[str, str, int], Point], engine: dict[int, tuple[float, float]], tokens: dict[str, float]
 ) -> list[list[str]]:
-    """`/score` one sentence over HTTP against the in-process engine at the batch size the service formed."""
+    """`/score` one sentence over HTTP against the in-process engine at the batch size the service formed, and
+    the time of one forward pass of that batch in each."""
     rows = []
     for (s, name, c), p in results.items():
         if s == "lmserve" and name == "/score 1" and p.batch > 0:
-            http, inproc = p.rps * tokens[name], engine[max(1, round(p.batch))]
-            rows.append([str(c), f"{p.batch:.1f}", f"{http:,.0f}", f"{inproc:,.0f}", f"{http / inproc:.0%}"])
+            http = p.rps * tokens[name]
+            inproc, inproc_ms = engine[max(1, round(p.batch))]
+            share = f"{http / inproc:.0%}"
+            rows.append([str(c), f"{p.batch:.1f}", f"{http:,.0f}", f"{inproc:,.0f}", share, f"{p.forward_ms:.1f}"])
+            rows[-1].append(f"{inproc_ms:.1f}")
     return rows
 
 
@@ -189,7 +197,7 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
             f"ms) against {best}'s {theirs.rps:,.0f} (p99 {theirs.p99_ms:.1f} ms): {ratio(ours.rps, theirs.rps)}, "
             f"**{'met' if met else 'not met'}**."
         )
-    for c, batch, _, _, share in engine:
+    for c, batch, _, _, share, *_ in engine:
         met = float(share.rstrip("%")) / 100 >= TARGET_ENGINE
         lines.append(
             f"- HTTP tokens/s >= {TARGET_ENGINE:.0%} of the in-process engine's at the same batch size (concurrency "
@@ -198,9 +206,11 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
     return lines
 
 
-def engine_tokens_per_s(model: str, data_dir: Path, batches: Sequence[int], sentences: int) -> dict[int, float]:
+def engine_tokens_per_s(
+    model: str, data_dir: Path, batches: Sequence[int], sentences: int
+) -> dict[int, tuple[float, float]]:
     """In this process: `ModelRunner.run` (float32) on `sentences` PTB test sentences in batches of each size:
-    tokens/s, the median of 3 passes."""
+    tokens/s (the median of 3 passes), and the milliseconds one batch takes at that rate."""
     from benchmarks.engine import sentences_ids, throughput
     from lm.checkpoint import load_checkpoint
     from service.runner import ModelRunner
@@ -208,7 +218,12 @@ def engine_tokens_per_s(model: str, data_dir: Path, batches: Sequence[int], sent
 
     runner = ModelRunner(load_checkpoint(model), Settings(model=model, device="cpu"))
     seqs = sentences_ids(runner.ckpt, data_dir, sentences)
-    return {b: throughput(runner, seqs, b, repeats=3) for b in sorted(set(batches))}
+    predictions = sum(len(s) - 1 for s in seqs)
+    out = {}
+    for b in sorted(set(batches)):
+        rate = throughput(runner, seqs, b, repeats=3)
+        out[b] = rate, 1000 * predictions / math.ceil(len(seqs) / b) / rate
+    return out
 
 
 def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:
@@ -271,14 +286,16 @@ def main(argv: list[str]) -> None:
         path, ours = pools[name][0], setup in SERVICE
         load(base, path, files[name], script, c, 1.0)  # warm-up
         wait_idle(base) if ours else time.sleep(1.0)  # a peer does not show its queue: a second
-        seqs0, passes0 = batch_totals(base) if ours else (0.0, 0.0)
+        seqs0, passes0, fwd0 = batch_totals(base) if ours else (0.0, 0.0, 0.0)
         r = load(base, path, files[name], script, c, seconds)
         wait_idle(base) if ours else time.sleep(1.0)
-        seqs1, passes1 = batch_totals(base) if ours else (0.0, 0.0)
+        seqs1, passes1, fwd1 = batch_totals(base) if ours else (0.0, 0.0, 0.0)
         answered = r["requests"] - r["status"]
         errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-        batch = (seqs1 - seqs0) / (passes1 - passes0) if passes1 > passes0 else 0.0
-        return Point(answered / (r["duration_us"] / 1e6), r["p50_us"] / 1000, r["p99_us"] / 1000, errors, batch)
+        passes = passes1 - passes0
+        batch, forward_ms = ((seqs1 - seqs0) / passes, 1000 * (fwd1 - fwd0) / passes) if passes > 0 else (0.0, 0.0)
+        rps = answered / (r["duration_us"] / 1e6)
+        return Point(rps, r["p50_us"] / 1000, r["p99_us"] / 1000, errors, batch, forward_ms)
 
     sweep: list = []
     flags: dict[str, list[str]] = {}
@@ -349,8 +366,9 @@ def main(argv: list[str]) -> None:
     if engine:
         body += (
             "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences) at the mean "
-            "batch the service formed at that concurrency:\n\n"
-            + table(["conc.", "mean batch", "HTTP tokens/s", "in-process tokens/s", "HTTP / in-process"], engine)
+            "batch the service formed at that concurrency, and one forward pass of such a batch in each (in the "
+            "server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"
+            + table(ENGINE_HEADER, engine)
         )
     lines = targets(results, engine)
     if lines:

@@ -158,7 +158,7 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     from benchmarks.peers.compare import Point, engine_rows, ratio, ratio_rows, targets
 
     results = {
-        ("lmserve", "/score 1", 64): Point(600, 50, 150, 0, batch=31.6),
+        ("lmserve", "/score 1", 64): Point(600, 50, 150, 0, batch=31.6, forward_ms=60.0),
         ("litserve", "/score 1", 64): Point(200, 300, 400, 0),
         ("ray-serve", "/score 1", 64): Point(300, 250, 120, 0),
         ("lmserve", "/next-word", 64): Point(900, 40, 90, 0, batch=50.0),
@@ -169,8 +169,8 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     assert rows[0][:5] == ["lmserve", "/score 1", "64", "3.00x", "2.00x"]
     assert rows[1][:5] == ["lmserve", "/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
     assert ratio(5, 0) == "-"  # a peer that answered nothing: no ratio, no crash
-    engine = engine_rows(results, {32: 15000.0}, {"/score 1": 20.0, "/next-word": 1.0})
-    assert engine == [["64", "31.6", "12,000", "15,000", "80%"]]
+    engine = engine_rows(results, {32: (15000.0, 42.0)}, {"/score 1": 20.0, "/next-word": 1.0})
+    assert engine == [["64", "31.6", "12,000", "15,000", "80%", "60.0", "42.0"]]
     lines = targets(results, engine)
     # 2.00x the best peer (ray-serve) but its p99 is lower than ours: not met; /next-word 1.80x: met; 80%: met.
     assert "ray-serve's 300" in lines[0] and "2.00x, **not met**" in lines[0]
