@@ -16,15 +16,15 @@ TRIM_INTERVAL_S = 10.0
 log = logging.getLogger("service.memory")
 
 
-def _libc_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    library = ctypes.util.find_library("c")
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(library), name) if library else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
 
 
-MALLOC_TRIM = _libc_function("malloc_trim")
+MALLOC_TRIM = _malloc_trim()
 
 
 def release_memory() -> bool:
