@@ -326,8 +326,5 @@ def test_a_request_of_too_many_tokens_in_all_is_refused_before_any_is_queued(ser
         assert error["details"]["value"] == 3 * 42  # counted as the texts are encoded: it stopped at the third
         assert client.post("/score", json={"sentences": [sentence] * 2}).status_code == 200  # 84: within
         samples = parse_metrics(client.get("/metrics").text)
-        assert (
-            samples[("lmserve_batches_total", frozenset({("trigger", "full")}))]
-            + samples[("lmserve_batches_total", frozenset({("trigger", "timeout")}))]
-            == 1
-        )  # the refused ones never reached the engine
+        batches = sum(v for (name, _), v in samples.items() if name == "lmserve_batches_total")
+        assert batches == 1  # the refused ones never reached the engine, whatever closed the one batch
