@@ -5,7 +5,6 @@ the metrics."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -13,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from service_helpers import parse_metrics
 
 from service.app import FAST_LANE, create_app
 from service.lane import FastLane, is_json
@@ -196,13 +196,16 @@ def test_both_paths_count_the_same_requests_and_refusals(pair) -> None:
         {k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)} for a, b in zip(after, before, strict=True)
     ]
     assert deltas[0] == deltas[1]
-    assert any("unauthorized" in k for k in deltas[0]) and any('code="422"' in k for k in deltas[0])
+    labels = [dict(lab) for _, lab in deltas[0]]
+    assert any(lab.get("reason") == "unauthorized" for lab in labels) and any(
+        lab.get("code") == "422" for lab in labels
+    )
 
 
-def counters(client: TestClient) -> dict[str, float]:
-    text = client.get("/metrics", headers=AUTH).text
-    pattern = re.compile(r"^(lmserve_requests(?:_rejected)?_total\{[^}]*\}) (\S+)$", re.M)
-    return {name: float(value) for name, value in pattern.findall(text)}
+def counters(client: TestClient) -> dict[tuple, float]:
+    """The requests and refusals counted so far, by their labels."""
+    samples = parse_metrics(client.get("/metrics", headers=AUTH).text)
+    return {k: v for k, v in samples.items() if k[0] in ("lmserve_requests_total", "lmserve_requests_rejected_total")}
 
 
 @pytest.mark.parametrize(
