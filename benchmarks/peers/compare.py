@@ -59,8 +59,15 @@ LITSERVE_SWEEP += [
 RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @serve.batch: size and wait
 TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
 TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
-ENGINE_HEADER = ["conc.", "mean batch", "HTTP tokens/s", "in-process tokens/s", "HTTP / in-process"]
-ENGINE_HEADER += ["forward ms, server", "forward ms, in process"]
+ENGINE_HEADER = [
+    "conc.",
+    "mean batch",
+    "HTTP tokens/s",
+    "in-process tokens/s",
+    "HTTP / in-process",
+    "forward ms, server",
+    "forward ms, in process",
+]
 
 
 @dataclass
@@ -174,9 +181,17 @@ def engine_rows(
         if s == "lmserve" and name == "/score 1" and p.batch > 0:
             http = p.rps * tokens[name]
             inproc, inproc_ms = engine[max(1, round(p.batch))]
-            share = f"{http / inproc:.0%}"
-            rows.append([str(c), f"{p.batch:.1f}", f"{http:,.0f}", f"{inproc:,.0f}", share, f"{p.forward_ms:.1f}"])
-            rows[-1].append(f"{inproc_ms:.1f}")
+            rows.append(
+                [
+                    str(c),
+                    f"{p.batch:.1f}",
+                    f"{http:,.0f}",
+                    f"{inproc:,.0f}",
+                    f"{http / inproc:.0%}",
+                    f"{p.forward_ms:.1f}",
+                    f"{inproc_ms:.1f}",
+                ]
+            )
     return rows
 
 
