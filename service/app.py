@@ -121,7 +121,7 @@ async def lifespan(app: FastAPI):
     ckpt = await asyncio.to_thread(load_checkpoint, settings.model)
     runner = ModelRunner(ckpt, settings, metrics)
     await asyncio.to_thread(runner.warmup)
-    engine = BatchingEngine(runner.run, metrics, settings)
+    engine = BatchingEngine(runner.run, metrics, settings, runner.lane_width)
     await engine.start()
     state.ckpt, state.runner, state.engine, state.encoder = ckpt, runner, engine, SentenceEncoder.for_checkpoint(ckpt)
     metrics.model_info.labels(ckpt.name, str(runner.device), runner.dtype_name).set(1)

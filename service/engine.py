@@ -7,7 +7,9 @@ by. What a job means is the business of the `run_batch(jobs) -> results` functio
 with its own future, and waits for the results. One worker task gathers entries until the batch is full (by jobs
 or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms` (at once, when calls have lately
 been coming further apart than that: waiting would only delay them), sorts them by size so that little padding is
-computed, runs the batch in a worker thread (off the event loop) and resolves each future.
+computed, runs the batch in a worker thread (off the event loop) and resolves each future. With
+`forward_lanes` > 1, up to that many batches run at once, each in a thread of its own; the free lanes share the
+queue, and a batch with nothing else to do runs alone on every thread (`lane_width`).
 The queue is fair between calls: each call's jobs wait in their own line, and a batch takes one job from each
 line in turn, so a call of one sentence arriving behind a call of 200 rides in the next batch, not after the
 200. A batch that raises fails its own jobs only; the worker carries on. The queue is bounded, and a call is
@@ -95,10 +97,17 @@ class BatchingEngine(Generic[J, R]):
     """Dynamic batching over `run_batch(jobs) -> results` (one result per job, same order).
 
     Its bounds and waits come from `Settings`: max_batch_sequences, max_batch_tokens, max_wait_ms, max_queue,
-    request_timeout_s (the default timeout of `run`) and busy_delay_ms (how slowly `admit` refuses).
+    request_timeout_s (the default timeout of `run`), busy_delay_ms (how slowly `admit` refuses) and
+    forward_lanes (batches at once).
     """
 
-    def __init__(self, run_batch: Callable[[list[J]], list[R]], metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[list[J]], list[R]],
+        metrics: Metrics,
+        settings: Settings,
+        lane_width: Callable[[bool], None] | None = None,
+    ) -> None:
         self.run_batch = run_batch
         self.metrics = metrics
         self.max_batch_sequences = settings.max_batch_sequences
@@ -107,6 +116,7 @@ class BatchingEngine(Generic[J, R]):
         self.max_queue = settings.max_queue
         self.timeout = settings.request_timeout_s
         self.busy_delay = settings.busy_delay_ms / 1000.0
+        self.lanes = settings.forward_lanes
         # One line of entries per call, in the order the calls are served next (round-robin).
         self._lines: deque[deque[_Entry[J]]] = deque()
         self._held = 0  # entries in the lines, cancelled ones included
@@ -121,8 +131,13 @@ class BatchingEngine(Generic[J, R]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
-        # One thread: torch parallelises inside the forward pass; a second pass would only compete.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lm-forward")
+        # One thread per lane, each running one batch at a time. With several lanes, `lane_width(wide)` is told in
+        # the lane's thread before each pass whether it runs alone (wide: the whole CPU is its) or beside others
+        # (its share): the runner sets its torch threads.
+        self.lane_width = lane_width if self.lanes > 1 else None
+        self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="lm-forward")
+        self._passes: set[asyncio.Task] = set()  # the batches running now, one per busy lane
+        self._wide = False  # a pass that runs alone, with every thread, is running: no other lane starts
 
     @property
     def running(self) -> bool:
@@ -148,6 +163,8 @@ class BatchingEngine(Generic[J, R]):
         self._wakeup.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._passes:
+            await asyncio.wait(self._passes)
         self._task = None
         self._executor.shutdown(wait=True)
 
@@ -266,15 +283,15 @@ class BatchingEngine(Generic[J, R]):
                         return True
         return False
 
-    def _take(self) -> list[_Entry[J]]:
+    def _take(self, rows: int) -> list[_Entry[J]]:
         """The next batch: one job from each line in turn (round-robin, from where the last batch stopped)
-        until max_batch_sequences rows, or until no line's next job fits the padded-token budget (rows x
-        longest <= max_batch_tokens; the first job always fits, so a longer one runs alone)."""
+        until `rows` rows, or until no line's next job fits the padded-token budget (rows x longest <=
+        max_batch_tokens; the first job always fits, so a longer one runs alone)."""
         batch: list[_Entry[J]] = []
         longest = 0
         lines = self._lines
         stuck = 0  # lines visited in a row whose next job did not fit
-        while lines and stuck < len(lines) and len(batch) < self.max_batch_sequences:
+        while lines and stuck < len(lines) and len(batch) < rows:
             line = lines[0]
             entry = self._head(line)
             if entry is None:
@@ -311,6 +328,10 @@ class BatchingEngine(Generic[J, R]):
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._wide or len(self._passes) >= self.lanes:  # no lane free: wait until a pass ends
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             oldest = self._oldest()
             if oldest is None:
                 self._lines.clear()
@@ -326,34 +347,56 @@ class BatchingEngine(Generic[J, R]):
                 trigger = "sparse"  # calls have lately been coming apart: none is likely within max_wait
             else:
                 trigger = await self._gather(oldest + self.max_wait)
-            batch = self._take()
+            # With several lanes free, the queue is shared among them: each batch takes its part.
+            free = self.lanes - len(self._passes)
+            batch = self._take(min(self.max_batch_sequences, -(-self._live // free)))
             if not batch:
                 continue
-            batch.sort(key=lambda e: e.job.num_tokens, reverse=True)
-            started = time.monotonic()
+            # Nothing else to do: the batch runs alone, on every thread (a lone client is not slowed by lanes).
+            self._wide = wide = self.lane_width is not None and not self._passes and not self._live
+            task = loop.create_task(self._pass(batch, trigger, wide))
+            self._passes.add(task)
+            task.add_done_callback(self._passed)
+
+    def _passed(self, task: asyncio.Task) -> None:
+        self._passes.discard(task)
+        self._wide = False
+        self._wakeup.set()  # a lane is free
+
+    def _in_lane(self, jobs: list[J], wide: bool) -> list[R]:
+        if self.lane_width is not None:
+            self.lane_width(wide)
+        return self.run_batch(jobs)
+
+    async def _pass(self, batch: list[_Entry[J]], trigger: str, wide: bool) -> None:
+        """One forward pass in a lane's thread; each entry's future gets its result or the batch's exception."""
+        batch.sort(key=lambda e: e.job.num_tokens, reverse=True)
+        started = time.monotonic()
+        for entry in batch:
+            self.metrics.queue_wait.observe(started - entry.enqueued)
+            if entry.on_batch is not None:
+                entry.on_batch(len(batch))
+        jobs = [e.job for e in batch]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._in_lane, jobs, wide)
+            if len(results) != len(jobs):
+                raise RuntimeError(f"the forward pass gave {len(results)} results for {len(jobs)} jobs")
+        except Exception as e:  # the batch fails, the engine does not
+            # Without its traceback: each request of the batch answers 500 and logs it, with its request id.
+            log.error("forward pass failed for a batch of %d sequences: %r", len(batch), e)
             for entry in batch:
-                self.metrics.queue_wait.observe(started - entry.enqueued)
-                if entry.on_batch is not None:
-                    entry.on_batch(len(batch))
-            jobs = [e.job for e in batch]
-            try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, jobs)
-            except Exception as e:  # the batch fails, the engine does not
-                # Without its traceback: each request of the batch answers 500 and logs it, with its request id.
-                log.error("forward pass failed for a batch of %d sequences: %r", len(batch), e)
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(e)
-                continue
-            finally:
-                m = self.metrics
-                m.batch_duration.observe(time.monotonic() - started)
-                m.batch_size.observe(len(batch))
-                m.batch_tokens.observe(len(batch) * jobs[0].num_tokens)
-                m.batches.labels(trigger).inc()
-            for entry, result in zip(batch, results, strict=True):
                 if not entry.future.done():
-                    entry.future.set_result(result)
+                    entry.future.set_exception(e)
+            return
+        finally:
+            m = self.metrics
+            m.batch_duration.observe(time.monotonic() - started)
+            m.batch_size.observe(len(batch))
+            m.batch_tokens.observe(len(batch) * jobs[0].num_tokens)
+            m.batches.labels(trigger).inc()
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)
 
 
 def _retrieve(future: asyncio.Future) -> None:

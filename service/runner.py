@@ -9,6 +9,7 @@ from a cached state) is a new job class and a new entry in `ModelRunner.handlers
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,10 @@ class ModelRunner:
     def __init__(self, ckpt: Checkpoint, settings: Settings, metrics: Metrics | None = None) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        # A pass beside others in the engine's lanes (threads running one batch each) gets its share of the threads.
+        self.threads = torch.get_num_threads()
+        self.lane_threads = max(1, self.threads // settings.forward_lanes)
+        self._cache_lock = threading.Lock()  # lanes look up and fill the prefix cache from their own threads
         self.ckpt = ckpt
         self.vocab = ckpt.vocab
         self.device = resolve_device(settings.device)
@@ -102,6 +107,11 @@ class ModelRunner:
             NextJob: self._next,
             StepJob: self._step,
         }
+
+    def lane_width(self, wide: bool) -> None:
+        """The engine's word before a pass in one of its lanes: alone (`wide`: every thread) or beside other passes
+        (the lane's share). torch's thread count belongs to the calling thread."""
+        torch.set_num_threads(self.threads if wide else self.lane_threads)
 
     def run(self, jobs: Sequence[RunnerJob]) -> list[RunnerResult]:
         """One result per job, in order: TokenScores for a ScoreJob, the next-token log-distribution (V,) for a
@@ -184,15 +194,17 @@ class ModelRunner:
         state, and is cached in turn."""
         cache = self.prefix_cache
         hashes = [prefix_hashes(ids) if cache.max_entries else None for ids in sequences]
-        found = [cache.longest(ids, h) for ids, h in zip(sequences, hashes, strict=True)]
+        with self._cache_lock:
+            found = [cache.longest(ids, h) for ids, h in zip(sequences, hashes, strict=True)]
         h, c = final_states(
             self.model,
             [ids[n:] for ids, (n, _) in zip(sequences, found, strict=True)],
             [state for _, state in found],
             self.max_chunk_tokens,
         )
-        for i, ids in enumerate(sequences):
-            cache.put(ids, (h[:, i], c[:, i]), hashes[i])
+        with self._cache_lock:
+            for i, ids in enumerate(sequences):
+                cache.put(ids, (h[:, i], c[:, i]), hashes[i])
         if self.metrics is not None and cache.max_entries:
             m = self.metrics
             hits = sum(1 for n, _ in found if n)

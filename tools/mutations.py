@@ -330,6 +330,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a batch that is not full never waits for company",
     ),
     Mutation(
+        "lanes-no-share",
+        ENGINE,
+        "batch = self._take(min(self.max_batch_sequences, -(-self._live // free)))",
+        "batch = self._take(self.max_batch_sequences)",
+        (f"{ENGINE_TESTS}::test_lanes_run_batches_side_by_side_and_share_the_queue",),
+        "the first free lane takes the whole queue and leaves the others idle",
+    ),
+    Mutation(
+        "lanes-wide-beside",
+        ENGINE,
+        "if self._wide or len(self._passes) >= self.lanes:",
+        "if len(self._passes) >= self.lanes:",
+        (f"{ENGINE_TESTS}::test_a_batch_with_nothing_else_queued_runs_alone_on_every_thread",),
+        "a pass on every thread has other passes started beside it (more threads than cores)",
+    ),
+    Mutation(
         "length-sort",
         ENGINE,
         "batch.sort(key=lambda e: e.job.num_tokens, reverse=True)",
@@ -352,6 +368,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "self.model = ckpt.model.to(self.device).eval()",
         ("tests/unit/service/test_service_ops.py::test_dtype_is_what_the_model_computes_in",),
         "LMSERVE_DTYPE is ignored: the weights stay float32",
+    ),
+    Mutation(
+        "lane-threads",
+        RUNNER,
+        "torch.set_num_threads(self.threads if wide else self.lane_threads)",
+        "torch.set_num_threads(self.threads)",
+        ("tests/unit/service/test_service_lanes.py::test_a_lane_takes_its_share_of_the_threads_in_its_own_thread",),
+        "a pass beside others takes every thread too",
     ),
     Mutation(
         "non-finite",

@@ -53,12 +53,15 @@ class FakeForward:
 
 
 def run_engine(
-    fake: FakeForward, body: Callable[[BatchingEngine], Awaitable[Any]], **options: Any
+    fake: FakeForward,
+    body: Callable[[BatchingEngine], Awaitable[Any]],
+    lane_width: Callable[[bool], None] | None = None,
+    **options: Any,
 ) -> tuple[Any, Metrics]:
     metrics = Metrics()
 
     async def main() -> Any:
-        engine = BatchingEngine(fake, metrics, Settings(**options))
+        engine = BatchingEngine(fake, metrics, Settings(**options), lane_width)
         await engine.start()
         try:
             return await body(engine)
@@ -424,3 +427,109 @@ def test_a_cancelled_caller_drops_its_jobs() -> None:
 
     size, _ = run_engine(fake, body, max_wait_ms=10_000)
     assert size == 0 and fake.batches == []
+
+
+class LaneForward(FakeForward):
+    """A FakeForward that also records, for each pass, when it ran, in which thread, and what `lane_width` told
+    that thread last (True: alone, with every thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds=seconds)
+        self.passes: list[tuple[float, float, str, bool | None, int]] = []  # start, end, thread, wide, size
+        self.width = threading.local()
+
+    def lane_width(self, wide: bool) -> None:
+        self.width.wide = wide
+
+    def __call__(self, items: list[Seq]) -> list[int]:
+        start = time.monotonic()
+        results = super().__call__(items)
+        wide = getattr(self.width, "wide", None)
+        self.passes.append((start, time.monotonic(), threading.current_thread().name, wide, len(items)))
+        return results
+
+
+def overlapping(passes: list[tuple[float, float, str, bool | None, int]]) -> int:
+    """The most passes that ran at the same moment."""
+    edges = sorted([(p[0], 1) for p in passes] + [(p[1], -1) for p in passes])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_lanes_run_batches_side_by_side_and_share_the_queue() -> None:
+    """Two lanes, eight calls of one job at once: the two free lanes split the queue (four jobs each) and run at
+    the same time, in two threads, each told it runs beside another (narrow); every call gets its own result."""
+    fake = LaneForward(seconds=0.3)
+
+    async def body(engine):
+        return await asyncio.gather(*(engine.run(jobs([[i]])) for i in range(1, 9)))
+
+    results, _ = run_engine(fake, body, fake.lane_width, forward_lanes=2, max_wait_ms=50)
+    assert results == [[i] for i in range(1, 9)]
+    assert sorted(p[4] for p in fake.passes) == [4, 4]
+    assert overlapping(fake.passes) == 2
+    assert len({p[2] for p in fake.passes}) == 2
+    assert [p[3] for p in fake.passes] == [False, False]
+
+
+def test_one_lane_runs_one_batch_at_a_time() -> None:
+    fake = LaneForward(seconds=0.1)
+
+    async def body(engine):
+        return await asyncio.gather(*(engine.run(jobs([[i]])) for i in range(1, 9)))
+
+    results, _ = run_engine(fake, body, fake.lane_width, max_batch_sequences=2, max_wait_ms=50)
+    assert results == [[i] for i in range(1, 9)]
+    assert overlapping(fake.passes) == 1
+    assert [p[3] for p in fake.passes] == [None] * 4  # one lane: its width is never changed
+
+
+def test_a_batch_with_nothing_else_queued_runs_alone_on_every_thread() -> None:
+    """A lone call runs wide (so a lane costs a single client nothing); while it runs, a call that comes in
+    waits for it instead of starting a narrow pass beside it, then runs wide in turn."""
+    fake = LaneForward(seconds=0.3)
+
+    async def body(engine):
+        first = asyncio.ensure_future(engine.run(jobs([[1]])))
+        await asyncio.sleep(0.1)  # the first pass is running
+        second = await engine.run(jobs([[2]]))
+        return [await first, second]
+
+    results, _ = run_engine(fake, body, fake.lane_width, forward_lanes=2, max_wait_ms=10)
+    assert results == [[1], [2]]
+    assert [p[3] for p in fake.passes] == [True, True]
+    assert overlapping(fake.passes) == 1
+
+
+def test_stop_waits_for_every_lane() -> None:
+    fake = LaneForward(seconds=0.2)
+
+    async def main():
+        engine = BatchingEngine(fake, Metrics(), Settings(forward_lanes=2, max_wait_ms=10), fake.lane_width)
+        await engine.start()
+        futures = engine.submit(jobs(seqs(2, 3, 4, 5)))
+        await asyncio.sleep(0.05)  # both lanes are running
+        await asyncio.wait_for(engine.stop(), 5)
+        return [f.result() for f in futures]
+
+    assert asyncio.run(main()) == [2, 6, 12, 20]
+    assert overlapping(fake.passes) == 2
+
+
+def test_a_forward_pass_that_returns_too_few_results_fails_its_batch_and_the_engine_carries_on() -> None:
+    calls = []
+
+    def short(items: list[Seq]) -> list[int]:
+        calls.append(len(items))
+        return [sum(it.ids) for it in items][: 1 if len(calls) == 1 else None]
+
+    async def body(engine):
+        with pytest.raises(RuntimeError, match="gave 1 results for 2 jobs"):
+            await asyncio.wait_for(engine.run(jobs(seqs(2, 3))), 5)
+        return await asyncio.wait_for(engine.run(jobs(seqs(4))), 5)
+
+    result, _ = run_engine(short, body, max_wait_ms=10)  # type: ignore[arg-type]
+    assert result == [4] and calls == [2, 1]
