@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,9 +44,10 @@ import httpx
 
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
 
-PEER_SETUPS = ("lmserve", "lmserve-2w", "no-batching", "litserve", "ray-serve")
+PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-2l", "no-batching", "litserve", "ray-serve")
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
-OURS = ("lmserve", "lmserve-2w")  # the service as its docs advise: its defaults; one worker per core, 1 thread each
+# The service as its docs advise: its defaults; one worker per core, 1 thread each; two forward lanes in one worker.
+OURS = ("lmserve", "lmserve-2w", "lmserve-2l")
 SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
 ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
 # LitServe's batching knobs (its docs: `max_batch_size`, `batch_timeout` in seconds), one inference worker with
@@ -59,7 +61,10 @@ LITSERVE_SWEEP += [
 RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @serve.batch: size and wait
 TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
 TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
+# Our setups held against the engine in process, run as they run it: forward lanes (1 thread each beside another).
+ENGINE_LANES = {"lmserve": 1, "lmserve-2l": 2}
 ENGINE_HEADER = [
+    "setup",
     "conc.",
     "mean batch",
     "HTTP tokens/s",
@@ -95,6 +100,8 @@ def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tup
         if setup == "lmserve-2w":
             cmd += ["--workers", "2"]
             env["LMSERVE_THREADS"] = "1"
+        if setup in ENGINE_LANES:
+            env["LMSERVE_FORWARD_LANES"] = str(ENGINE_LANES[setup])
         return cmd, env
     module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
     flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)
@@ -171,18 +178,38 @@ def ratio_rows(results: dict[tuple[str, str, int], Point]) -> tuple[list[str], l
     return header, rows
 
 
+def engine_point(setup: str, concurrency: int, batch: float) -> tuple[int, int]:
+    """(lanes, batch): how the in-process engine runs to compare with `setup` at that concurrency, where the
+    service formed batches of `batch` on average. As many passes side by side as the setup has lanes and the
+    clients fill (64 clients, batches of 11: 2 lanes; one client: its pass runs alone, on every thread)."""
+    rows = max(1, round(batch))
+    return max(1, min(ENGINE_LANES[setup], concurrency // rows)), rows
+
+
+def engine_points(results: dict[tuple[str, str, int], Point]) -> list[tuple[int, int]]:
+    """(lanes, batch) of each in-process measurement the engine rows need."""
+    return [
+        engine_point(s, c, p.batch)
+        for (s, name, c), p in results.items()
+        if s in ENGINE_LANES and name == "/score 1" and p.batch > 0
+    ]
+
+
 def engine_rows(
-    results: dict[tuple[str, str, int], Point], engine: dict[int, tuple[float, float]], tokens: dict[str, float]
+    results: dict[tuple[str, str, int], Point],
+    engine: dict[tuple[int, int], tuple[float, float]],
+    tokens: dict[str, float],
 ) -> list[list[str]]:
-    """`/score` one sentence over HTTP against the in-process engine at the batch size the service formed, and
-    the time of one forward pass of that batch in each."""
+    """`/score` one sentence over HTTP against the in-process engine, with the server's forward lanes, at the
+    batch size the service formed, and the time of one forward pass of that batch in each."""
     rows = []
     for (s, name, c), p in results.items():
-        if s == "lmserve" and name == "/score 1" and p.batch > 0:
+        if s in ENGINE_LANES and name == "/score 1" and p.batch > 0:
             http = p.rps * tokens[name]
-            inproc, inproc_ms = engine[max(1, round(p.batch))]
+            inproc, inproc_ms = engine[engine_point(s, c, p.batch)]
             rows.append(
                 [
+                    s,
                     str(c),
                     f"{p.batch:.1f}",
                     f"{http:,.0f}",
@@ -212,33 +239,61 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
             f"ms) against {best}'s {theirs.rps:,.0f} (p99 {theirs.p99_ms:.1f} ms): {ratio(ours.rps, theirs.rps)}, "
             f"**{'met' if met else 'not met'}**."
         )
-    for c, batch, _, _, share, *_ in engine:
+    for setup, c, batch, _, _, share, *_ in engine:
         met = float(share.rstrip("%")) / 100 >= TARGET_ENGINE
         lines.append(
-            f"- HTTP tokens/s >= {TARGET_ENGINE:.0%} of the in-process engine's at the same batch size (concurrency "
-            f"{c}, batch {batch}): {share}, **{'met' if met else 'not met'}**."
+            f"- {setup}: HTTP tokens/s >= {TARGET_ENGINE:.0%} of the in-process engine's at the same batch size "
+            f"(concurrency {c}, batch {batch}): {share}, **{'met' if met else 'not met'}**."
         )
     return lines
 
 
 def engine_tokens_per_s(
-    model: str, data_dir: Path, batches: Sequence[int], sentences: int
-) -> dict[int, tuple[float, float]]:
-    """In this process: `ModelRunner.run` (float32) on `sentences` PTB test sentences in batches of each size:
-    tokens/s (the median of 3 passes), and the milliseconds one batch takes at that rate."""
+    model: str, data_dir: Path, points: Sequence[tuple[int, int]], sentences: int
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """In this process, for each (lanes, batch): `ModelRunner.run` (float32) on `sentences` PTB test sentences in
+    batches of that size, `lanes` of them at a time, each in its own thread with its share of the torch threads
+    (as the service's forward lanes run them under load): tokens/s (the median of 3 passes), and the
+    milliseconds one batch takes at that rate."""
     from benchmarks.engine import sentences_ids, throughput
     from lm.checkpoint import load_checkpoint
     from service.runner import ModelRunner
     from service.settings import Settings
 
-    runner = ModelRunner(load_checkpoint(model), Settings(model=model, device="cpu"))
-    seqs = sentences_ids(runner.ckpt, data_dir, sentences)
+    ckpt = load_checkpoint(model)
+    seqs = sentences_ids(ckpt, data_dir, sentences)
     predictions = sum(len(s) - 1 for s in seqs)
     out = {}
-    for b in sorted(set(batches)):
-        rate = throughput(runner, seqs, b, repeats=3)
-        out[b] = rate, 1000 * predictions / math.ceil(len(seqs) / b) / rate
+    for lanes, b in sorted(set(points)):
+        runner = ModelRunner(ckpt, Settings(model=model, device="cpu", forward_lanes=lanes))
+        rate = throughput(runner, seqs, b, repeats=3) if lanes == 1 else side_by_side(runner, seqs, b, lanes, 3)
+        out[lanes, b] = rate, 1000 * predictions / math.ceil(len(seqs) / b / lanes) / rate
     return out
+
+
+def side_by_side(runner, seqs: list[list[int]], batch: int, lanes: int, repeats: int) -> float:
+    """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`, `lanes` threads each running
+    every lanes-th batch with the lane's share of the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.engine import score_jobs
+
+    batches = [score_jobs(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
+    predictions = sum(len(s) - 1 for s in seqs)
+
+    def lane(part: list) -> None:
+        runner.lane_width(False)
+        for jobs in part:
+            runner.run(jobs)
+
+    rates = []
+    with ThreadPoolExecutor(lanes) as pool:
+        list(pool.map(lane, [batches[:lanes] for _ in range(lanes)]))  # warm-up, in every lane
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(lane, [batches[k::lanes] for k in range(lanes)]))
+            rates.append(predictions / (time.perf_counter() - t0))
+    return statistics.median(rates)
 
 
 def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:
@@ -355,8 +410,8 @@ def main(argv: list[str]) -> None:
         if (s, n, c) in measured
     }
 
-    batches = [max(1, round(pt.batch)) for (s, n, _), pt in results.items() if s == "lmserve" and n == "/score 1"]
-    ceiling = engine_tokens_per_s(args.model, args.data_dir, batches, args.engine_sentences) if batches else {}
+    points = engine_points(results)
+    ceiling = engine_tokens_per_s(args.model, args.data_dir, points, args.engine_sentences) if points else {}
     engine = engine_rows(results, ceiling, tokens)
     header = ["setup", "endpoint", "conc.", "answered/s", "tokens/s", "p50 ms", "p99 ms", "batch", "errors"]
     ratio_header, ratios = ratio_rows(results)
@@ -365,11 +420,12 @@ def main(argv: list[str]) -> None:
         f"each server alone, {args.rounds} rounds over the setups (every other one reversed), each point's best "
         "round shown. float32, one PTB test sentence (or "
         f"prefix, top_k 10) per request; mean predictions per `/score` request {tokens['/score 1']:.1f}. "
-        f"Ray Serve: `{' '.join(RAY_FLAGS)}`."
+        "`lmserve`: the service's defaults; `lmserve-2w`: `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`; `lmserve-2l`: "
+        f"`LMSERVE_FORWARD_LANES=2` (one worker). Ray Serve: `{' '.join(RAY_FLAGS)}`."
         + (f" Did not start: {', '.join(missing)}." if missing else "")
         + "\n\n"
         + table(header, table_rows(results, tokens))
-        + "\n\nOurs (`lmserve`, `lmserve-2w`) against each:\n\n"
+        + f"\n\nOurs ({', '.join(f'`{s}`' for s in OURS)}) against each:\n\n"
         + table(ratio_header, ratios)
     )
     if sweep:
@@ -381,8 +437,9 @@ def main(argv: list[str]) -> None:
     if engine:
         body += (
             "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences) at the mean "
-            "batch the service formed at that concurrency, and one forward pass of such a batch in each (in the "
-            "server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"
+            "batch the service formed at that concurrency, run as the setup runs it (`lmserve-2l`: two batches at a "
+            "time, one thread each, where the clients are enough to fill two), and one forward pass of such a batch "
+            "in each (in the server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"
             + table(ENGINE_HEADER, engine)
         )
     lines = targets(results, engine)
