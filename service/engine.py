@@ -128,7 +128,8 @@ class BatchingEngine(Generic[J, R]):
         # 1: company is expected until calls are seen to come apart). Waiting for company pays only when it does.
         self._company = 1.0
         self._last_call = -float("inf")
-        self._wakeup = asyncio.Event()
+        self._wakeup = asyncio.Event()  # a call was queued (or the engine is stopping)
+        self._lane_free = asyncio.Event()  # a pass ended
         self._task: asyncio.Task | None = None
         self._stopping = False
         # One thread per lane, each running one batch at a time. With several lanes, `lane_width(wide)` is told in
@@ -329,8 +330,8 @@ class BatchingEngine(Generic[J, R]):
         loop = asyncio.get_running_loop()
         while True:
             if self._wide or len(self._passes) >= self.lanes:  # no lane free: wait until a pass ends
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                self._lane_free.clear()  # (calls queued meanwhile do not wake the worker: they wait for a lane)
+                await self._lane_free.wait()
                 continue
             oldest = self._oldest()
             if oldest is None:
@@ -341,12 +342,10 @@ class BatchingEngine(Generic[J, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._full():
-                trigger = "full"
-            elif self._company < COMPANY_LIKELY:
-                trigger = "sparse"  # calls have lately been coming apart: none is likely within max_wait
-            else:
-                trigger = await self._gather(oldest + self.max_wait)
+            if self._company >= COMPANY_LIKELY:
+                trigger = await self._gather(oldest + self.max_wait)  # "full" at once if it already is
+            else:  # calls have lately been coming apart: none is likely within max_wait
+                trigger = "full" if self._full() else "sparse"
             # With several lanes free, the queue is shared among them: each batch takes its part.
             free = self.lanes - len(self._passes)
             batch = self._take(min(self.max_batch_sequences, -(-self._live // free)))
@@ -361,7 +360,7 @@ class BatchingEngine(Generic[J, R]):
     def _passed(self, task: asyncio.Task) -> None:
         self._passes.discard(task)
         self._wide = False
-        self._wakeup.set()  # a lane is free
+        self._lane_free.set()
 
     def _in_lane(self, jobs: list[J], wide: bool) -> list[R]:
         if self.lane_width is not None:

@@ -316,8 +316,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "sparse-never",
         ENGINE,
-        "elif self._company < COMPANY_LIKELY:",
-        "elif False:",
+        "if self._company >= COMPANY_LIKELY:",
+        "if True:",
         (f"{ENGINE_TESTS}::test_calls_that_come_apart_stop_waiting_for_company",),
         "a lone client waits max_wait_ms for company on every call",
     ),
