@@ -27,6 +27,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -63,17 +64,33 @@ def score_jobs(seqs: list[list[int]]) -> list[ScoreJob]:
     return [ScoreJob(ids) for ids in seqs]
 
 
-def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: int) -> float:
-    """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`."""
+def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: int, lanes: int = 1) -> float:
+    """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`; with `lanes` > 1, as the
+    service's forward lanes run under load: that many threads side by side, each running every lanes-th batch
+    with the lane's share of the torch threads."""
     batches = [score_jobs(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
     predictions = sum(len(s) - 1 for s in seqs)
-    runner.run(batches[0])  # warm-up
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
+
+    def lane(part: list[list[ScoreJob]]) -> None:
+        if lanes > 1:
+            runner.lane_width(False)
+        for b in part:
             runner.run(b)
-        rates.append(predictions / (time.perf_counter() - t0))
+
+    with ThreadPoolExecutor(lanes) as pool:
+
+        def run(parts: list[list[list[ScoreJob]]]) -> None:
+            if lanes == 1:
+                lane(parts[0])  # in this thread, with its threads
+            else:
+                list(pool.map(lane, parts))
+
+        run([batches[:1]] * lanes)  # warm-up, in every lane
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run([batches[k::lanes] for k in range(lanes)])
+            rates.append(predictions / (time.perf_counter() - t0))
     return median(rates)
 
 

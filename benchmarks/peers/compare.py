@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,13 +185,16 @@ def engine_point(setup: str, concurrency: int, batch: float) -> tuple[int, int]:
     return max(1, min(ENGINE_LANES[setup], concurrency // rows)), rows
 
 
+def engine_measured(results: dict[tuple[str, str, int], Point]) -> list[tuple[str, int, Point]]:
+    """(setup, concurrency, point) of each `/score` one-sentence point to hold against the engine in process."""
+    return [
+        (s, c, p) for (s, name, c), p in results.items() if s in ENGINE_LANES and name == "/score 1" and p.batch > 0
+    ]
+
+
 def engine_points(results: dict[tuple[str, str, int], Point]) -> list[tuple[int, int]]:
     """(lanes, batch) of each in-process measurement the engine rows need."""
-    return [
-        engine_point(s, c, p.batch)
-        for (s, name, c), p in results.items()
-        if s in ENGINE_LANES and name == "/score 1" and p.batch > 0
-    ]
+    return [engine_point(s, c, p.batch) for s, c, p in engine_measured(results)]
 
 
 def engine_rows(
@@ -203,22 +205,21 @@ def engine_rows(
     """`/score` one sentence over HTTP against the in-process engine, with the server's forward lanes, at the
     batch size the service formed, and the time of one forward pass of that batch in each."""
     rows = []
-    for (s, name, c), p in results.items():
-        if s in ENGINE_LANES and name == "/score 1" and p.batch > 0:
-            http = p.rps * tokens[name]
-            inproc, inproc_ms = engine[engine_point(s, c, p.batch)]
-            rows.append(
-                [
-                    s,
-                    str(c),
-                    f"{p.batch:.1f}",
-                    f"{http:,.0f}",
-                    f"{inproc:,.0f}",
-                    f"{http / inproc:.0%}",
-                    f"{p.forward_ms:.1f}",
-                    f"{inproc_ms:.1f}",
-                ]
-            )
+    for s, c, p in engine_measured(results):
+        http = p.rps * tokens["/score 1"]
+        inproc, inproc_ms = engine[engine_point(s, c, p.batch)]
+        rows.append(
+            [
+                s,
+                str(c),
+                f"{p.batch:.1f}",
+                f"{http:,.0f}",
+                f"{inproc:,.0f}",
+                f"{http / inproc:.0%}",
+                f"{p.forward_ms:.1f}",
+                f"{inproc_ms:.1f}",
+            ]
+        )
     return rows
 
 
@@ -266,34 +267,9 @@ def engine_tokens_per_s(
     out = {}
     for lanes, b in sorted(set(points)):
         runner = ModelRunner(ckpt, Settings(model=model, device="cpu", forward_lanes=lanes))
-        rate = throughput(runner, seqs, b, repeats=3) if lanes == 1 else side_by_side(runner, seqs, b, lanes, 3)
+        rate = throughput(runner, seqs, b, repeats=3, lanes=lanes)
         out[lanes, b] = rate, 1000 * predictions / math.ceil(len(seqs) / b / lanes) / rate
     return out
-
-
-def side_by_side(runner, seqs: list[list[int]], batch: int, lanes: int, repeats: int) -> float:
-    """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`, `lanes` threads each running
-    every lanes-th batch with the lane's share of the threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from benchmarks.engine import score_jobs
-
-    batches = [score_jobs(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
-    predictions = sum(len(s) - 1 for s in seqs)
-
-    def lane(part: list) -> None:
-        runner.lane_width(False)
-        for jobs in part:
-            runner.run(jobs)
-
-    rates = []
-    with ThreadPoolExecutor(lanes) as pool:
-        list(pool.map(lane, [batches[:lanes] for _ in range(lanes)]))  # warm-up, in every lane
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            list(pool.map(lane, [batches[k::lanes] for k in range(lanes)]))
-            rates.append(predictions / (time.perf_counter() - t0))
-    return statistics.median(rates)
 
 
 def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:
