@@ -5,6 +5,7 @@ metrics and the access-log line) on top of the forward pass.
 
     python -m benchmarks.loop_cost                            # /score and /next-word, with and without the lane
     python -m benchmarks.loop_cost --endpoints /score --requests 2000 --rounds 5
+    python -m benchmarks.loop_cost --endpoints /score --pass-ms 150 --requests 1000   # requests that wait
 
 On two cores the event loop and the forward pass share the CPU (and the GIL): every microsecond here is one the
 forward pass does not get under load. Each round sends `--requests` requests from `--concurrency` concurrent
@@ -12,6 +13,11 @@ callers (one PTB test sentence per `/score`, a prefix of one and top_k 10 per `/
 `benchmarks.http_load` sends them) to the app with the fast lane (service.lane) and to the app without it
 (every request through FastAPI), alternately; the figure is the median over the rounds of the process's CPU
 time per request. The log goes to /dev/null through the service's own JSON log configuration.
+
+With `--pass-ms N` each forward pass takes N ms of wall time and no CPU (the instant model sleeps in its
+thread), so that requests wait in the queue as they do under load (a pass of 32 sentences takes about 150 ms
+on two cores): what the loop spends on a request while it waits (the engine's questions to its client whether
+it is still there, its timers) counts too.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ from service.settings import Settings
 ENDPOINTS = {"/score": "/score 1", "/next-word": "/next-word"}
 
 
-def instant(vocab_size: int):
-    """A forward pass that costs nothing: the right shapes, made up numbers."""
+def instant(vocab_size: int, seconds: float = 0.0):
+    """A forward pass that costs no CPU: the right shapes, made up numbers, after `seconds` asleep."""
 
     def run(jobs):
+        time.sleep(seconds)
         out = []
         for job in jobs:
             if isinstance(job, ScoreJob):
@@ -106,7 +113,7 @@ async def measure(args: argparse.Namespace) -> dict[tuple[str, bool], list[float
     results: dict[tuple[str, bool], list[float]] = {}
     for app, ctx in apps.values():
         await ctx.__aenter__()
-        app.state.engine.run_batch = instant(len(app.state.ckpt.vocab))
+        app.state.engine.run_batch = instant(len(app.state.ckpt.vocab), args.pass_ms / 1000)
     try:
         for endpoint in args.endpoints:
             path, lines, _ = pools[ENDPOINTS[endpoint]]
@@ -130,6 +137,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3000, help="requests per round")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5, help="rounds per app, alternating")
+    p.add_argument("--pass-ms", type=float, default=0.0, help="wall time of each forward pass (no CPU)")
     p.add_argument("--model", type=Path, default=Settings().model)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = p.parse_args()
@@ -146,13 +154,14 @@ def main() -> None:
     with asyncio.Runner(loop_factory=factory) as runner:
         results = runner.run(measure(args))
     sys.stdout = stdout
+    model = f"a model whose passes take {args.pass_ms:g} ms and no CPU" if args.pass_ms else "an instant model"
     rows = []
     for endpoint in args.endpoints:
         lane, plain = median(results[(endpoint, True)]), median(results[(endpoint, False)])
         rows.append([endpoint, f"{plain:,.0f}", f"{lane:,.0f}", f"{plain / lane:.2f}x"])
     print(
         f"{machine()}; `{command_line()}`; {args.requests} requests x {args.rounds} rounds per app, alternating, "
-        f"{args.concurrency} concurrent callers, an instant model; median CPU microseconds per request.\n"
+        f"{args.concurrency} concurrent callers, {model}; median CPU microseconds per request.\n"
     )
     print(table(["endpoint", "through FastAPI (us)", "fast lane (us)", "saved"], rows))
     print(json.dumps({f"{e} {'lane' if lane else 'fastapi'}": v for (e, lane), v in results.items()}))

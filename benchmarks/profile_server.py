@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile_server                          # /score, one sentence, concurrency 64, 15 s
     python -m benchmarks.profile_server --endpoint /next-word --seconds 5
+    python -m benchmarks.profile_server --cpu                    # CPU per request by thread, no sampling
 
 The server is started as a user starts it; wrk drives it closed-loop (the HTTP load benchmark's requests) while
 `py-spy record --threads --idle` samples every thread. A thread is busy in a sample unless it sits where it
@@ -10,20 +11,28 @@ thread: its share of the samples, and the functions on its stack in the most of 
 A sample is taken whether or not the thread holds the GIL, so time spent waiting for the GIL shows at the line
 where the thread gave it up. Needs py-spy (the `bench` extra) and the right to trace the server (root, or
 ptrace allowed).
+
+py-spy stops the server for each sample. `--cpu` samples nothing: it reads each thread's CPU time (user +
+system) from Linux's /proc before and after the run, and prints the CPU milliseconds per answered request of
+the event-loop thread (the main thread), of all the server's other threads together (the forward pass, its
+OpenMP team, worker threads) and of wrk, which shares the machine. The server inherits the environment
+(`LMSERVE_FORWARD_LANES=2 python -m benchmarks.profile_server --cpu`).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DATA_DIR, start_server, stop_server
+from benchmarks.common import DEFAULT_DATA_DIR, command_line, machine, start_server, stop_server
 from benchmarks.http_load import LUA, body_pools, wrk
 
 # Leaf frames of a thread that waits for work, not does it.
@@ -57,6 +66,36 @@ def summarise(raw: str, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each live thread of process `pid`, by thread id (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+    return seconds
+
+
+def cpu_per_request(pid: int, run) -> tuple[dict, dict[str, float]]:
+    """`run()` (a wrk run: its result fields), and the CPU ms per answered request it cost the server's
+    event-loop thread, its other threads, and the children of this process (wrk)."""
+    before, children = thread_cpu(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = run()
+    after, children_after = thread_cpu(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    answered = max(1, result["requests"] - result["status"])
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    wrk_s = (children_after.ru_utime + children_after.ru_stime) - (children.ru_utime + children.ru_stime)
+    per = {
+        "event loop": spent.get(pid, 0.0),
+        "other threads": sum(v for tid, v in spent.items() if tid != pid),
+        "wrk": wrk_s,
+    }
+    return result, {k: 1000 * v / answered for k, v in per.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/score 32", "/next-word"])
@@ -65,7 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--raw", type=Path, default=None, help="also keep py-spy's raw output here")
+    p.add_argument("--cpu", action="store_true", help="CPU per request by thread from /proc instead of py-spy")
     args = p.parse_args(argv)
+    if args.cpu:
+        cpu_main(args)
+        return
     spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
     if not Path(spy).exists() or shutil.which("wrk") is None:
         raise SystemExit("needs py-spy (pip install -e '.[bench]') and wrk (apt-get install wrk)")
@@ -95,6 +138,30 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(tmp)
     print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s at {args.rate} samples/s:")
     print(summarise(text))
+
+
+def cpu_main(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("needs wrk (apt-get install wrk)")
+    path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
+    tmp = Path(tempfile.mkdtemp(prefix="profile-"))
+    (tmp / "bodies.lua").write_text(LUA)
+    (tmp / "bodies.jsonl").write_text("\n".join(bodies) + "\n")
+    proc, base = start_server()
+    try:
+        wrk(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, 2.0)  # warm-up
+        result, per = cpu_per_request(
+            proc.pid, lambda: wrk(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, args.seconds)
+        )
+    finally:
+        stop_server(proc)
+        shutil.rmtree(tmp)
+    rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
+    lanes = os.environ.get("LMSERVE_FORWARD_LANES", "1")
+    print(f"{machine()}; `{command_line()}`; forward lanes {lanes}")
+    cost = ", ".join(f"{name} {ms:.2f}" for name, ms in per.items())
+    print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s: {rate:,.0f} answered/s")
+    print(f"CPU ms per answered request: {cost}")
 
 
 if __name__ == "__main__":

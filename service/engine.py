@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -35,7 +35,7 @@ from service.settings import Settings
 
 log = logging.getLogger("service.engine")
 
-DISCONNECT_POLL_S = 0.1  # how often `run` asks whether the caller is still there
+DISCONNECT_POLL_S = 0.1  # how often the engine asks whether a waiting call's client is still there
 # The weight of each new call in the engine's estimate of how often a call comes within max_wait_ms of the one
 # before (about the last ten calls count); below COMPANY_LIKELY, a batch that is not full runs without waiting.
 COMPANY_WEIGHT = 0.1
@@ -93,6 +93,22 @@ class _Entry(Generic[J]):
         return self.queued and not self.future.done()
 
 
+class _Waiting:
+    """A call of `run` waiting for its results, until they come or `end(why)` cancels them: "timeout", "gone"
+    (its client went away), or the exception that asking its client raised."""
+
+    __slots__ = ("is_disconnected", "results", "why")
+
+    def __init__(self, results: asyncio.Future, is_disconnected: Callable[[], bool] | None) -> None:
+        self.results, self.is_disconnected = results, is_disconnected
+        self.why: str | Exception | None = None
+
+    def end(self, why: str | Exception) -> None:
+        if self.why is None and not self.results.done():
+            self.why = why
+            self.results.cancel()
+
+
 class BatchingEngine(Generic[J, R]):
     """Dynamic batching over `run_batch(jobs) -> results` (one result per job, same order).
 
@@ -139,6 +155,8 @@ class BatchingEngine(Generic[J, R]):
         self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="lm-forward")
         self._passes: set[asyncio.Task] = set()  # the batches running now, one per busy lane
         self._wide = False  # a pass that runs alone, with every thread, is running: no other lane starts
+        self._watched: set[_Waiting] = set()  # the waiting calls whose clients the watcher asks after
+        self._watcher: asyncio.Task | None = None
 
     @property
     def running(self) -> bool:
@@ -166,6 +184,10 @@ class BatchingEngine(Generic[J, R]):
             await self._task
         if self._passes:
             await asyncio.wait(self._passes)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         self._task = None
         self._executor.shutdown(wait=True)
 
@@ -183,40 +205,61 @@ class BatchingEngine(Generic[J, R]):
         jobs: Sequence[J],
         *,
         timeout: float | None = None,
-        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        is_disconnected: Callable[[], bool] | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> list[R]:
         """The results of `jobs`, in their order.
 
         Raises QueueFullError (they do not fit; nothing queued), EngineStoppedError, EngineTimeoutError past
         `timeout` seconds (default: request_timeout_s) and ClientGoneError once `is_disconnected()` answers true
-        (asked every DISCONNECT_POLL_S while it waits); in the last two cases, and when the caller is cancelled,
-        the jobs are cancelled and never computed. A job whose batch failed raises that batch's exception.
-        `on_batch(n)` is told the size of each batch a job runs in.
+        (a plain call that must not wait, asked every DISCONNECT_POLL_S while the call waits); in the last two
+        cases, and when the caller is cancelled, the jobs are cancelled and never computed. A job whose batch
+        failed raises that batch's exception. `on_batch(n)` is told the size of each batch a job runs in.
         """
         timeout = self.timeout if timeout is None else timeout
         futures = self.submit(jobs, on_batch)
         # One job (most calls) is waited on as its own future; several, as one gather of theirs.
         results = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
-        end = time.monotonic() + timeout
-        gone = False
+        # The caller's task sleeps until its results come, or until its timer or the watcher (which asks every
+        # waiting call's client in turn) cancels them: no task, no poll of its own, one wake-up per call.
+        call = _Waiting(results, is_disconnected)
+        timer = asyncio.get_running_loop().call_later(timeout, call.end, "timeout")
+        if is_disconnected is not None:
+            self._watched.add(call)
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._watch(), name="batching-engine-clients")
         try:
-            # No task per call: the wait is cut in slices of DISCONNECT_POLL_S and the client is asked between
-            # them, so that a call answered within the first slice (most of them, under load) never asks at all.
-            while (left := end - time.monotonic()) > 0:
-                done, _ = await asyncio.wait((results,), timeout=min(left, DISCONNECT_POLL_S))
-                if done:
-                    return [results.result()] if results is futures[0] else results.result()
-                if is_disconnected is not None and await is_disconnected():
-                    gone = True
-                    break
+            outcome = await results
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call.why is None or (task is not None and task.cancelling()):
+                raise  # the caller itself was cancelled
+            if call.why == "timeout":
+                raise EngineTimeoutError(timeout) from None
+            if call.why == "gone":
+                raise ClientGoneError("the client closed the connection; the work was dropped") from None
+            raise call.why from None  # asking the client failed
         finally:
+            timer.cancel()
+            self._watched.discard(call)
             if not results.done():
                 results.cancel()  # cancels every future: the worker skips them
                 results.add_done_callback(_retrieve)  # the cancellation is the outcome: nothing left to log
-        if gone:
-            raise ClientGoneError("the client closed the connection; the work was dropped")
-        raise EngineTimeoutError(timeout)
+        return [outcome] if results is futures[0] else outcome
+
+    async def _watch(self) -> None:
+        """Every DISCONNECT_POLL_S while calls wait: ask each waiting call's client whether it is still there,
+        and end the calls of those that went (their jobs are cancelled, never computed)."""
+        while self._watched:
+            await asyncio.sleep(DISCONNECT_POLL_S)
+            for call in list(self._watched):
+                try:
+                    gone = call.is_disconnected()
+                except Exception as e:  # the call fails with it, as if it had asked itself
+                    call.end(e)
+                    continue
+                if gone:
+                    call.end("gone")
 
     def submit(self, jobs: Sequence[J], on_batch: Callable[[int], None] | None = None) -> list[asyncio.Future]:
         """Queue one entry per job and return their futures; all or nothing. The building block of `run`."""

@@ -370,6 +370,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "LMSERVE_DTYPE is ignored: the weights stay float32",
     ),
     Mutation(
+        "watch-ignores-gone",
+        ENGINE,
+        'call.end("gone")',
+        "None",
+        (f"{ENGINE_TESTS}::test_run_for_a_caller_that_went_away_drops_the_jobs",),
+        "the engine asks a waiting call's client whether it went, and keeps its jobs queued when it did",
+    ),
+    Mutation(
+        "probe-swallows-cancel",
+        "service/http.py",
+        "        step.throw(asyncio.CancelledError())",
+        "        return None",
+        ("tests/unit/service/test_service_disconnect.py",),
+        "a receive channel that would wait is dropped, not cancelled: what it does on cancellation is skipped",
+    ),
+    Mutation(
         "lane-threads",
         RUNNER,
         "torch.set_num_threads(self.threads if wide else self.lane_threads)",

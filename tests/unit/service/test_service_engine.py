@@ -378,19 +378,70 @@ def test_run_for_a_caller_that_went_away_drops_the_jobs() -> None:
     fake = FakeForward()
     checks = 0
 
-    async def gone() -> bool:
+    def gone() -> bool:
         nonlocal checks
         checks += 1
         return checks >= 2
 
     async def body(engine):
         with pytest.raises(ClientGoneError):
-            await engine.run(jobs(seqs(1)), timeout=30, is_disconnected=gone)
+            await engine.run(jobs(seqs(1)), timeout=5, is_disconnected=gone)
         await asyncio.sleep(0)  # the cancellation callbacks run
         return engine.queue_size()
 
     size, _ = run_engine(fake, body, max_wait_ms=10_000)
     assert size == 0 and fake.batches == [] and checks == 2
+
+
+def watchers() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "batching-engine-clients"]
+
+
+def test_the_watcher_asks_each_waiting_calls_client_and_ends_only_the_calls_of_those_that_went() -> None:
+    # Three calls wait at once (a batching wait longer than the test): one client goes after two questions, one
+    # stays (its call ends at its timeout), and asking the third fails (its call fails with that error). Each
+    # call's jobs leave the queue, none is computed, and once no call waits the watcher is gone too.
+    fake = FakeForward()
+    asked = {"gone": 0, "stays": 0}
+
+    def gone() -> bool:
+        asked["gone"] += 1
+        return asked["gone"] >= 2
+
+    def stays() -> bool:
+        asked["stays"] += 1
+        return False
+
+    def broken() -> bool:
+        raise OSError("the channel broke")
+
+    async def body(engine):
+        calls = [
+            engine.run(jobs(seqs(1, 2)), timeout=5, is_disconnected=gone),
+            engine.run(jobs(seqs(3)), timeout=0.5, is_disconnected=stays),
+            engine.run(jobs(seqs(4, 5, 6)), timeout=5, is_disconnected=broken),
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        await asyncio.sleep(0.25)  # past the watcher's next look
+        return outcomes, engine.queue_size(), watchers()
+
+    (outcomes, size, left), _ = run_engine(fake, body, max_wait_ms=10_000)
+    assert [type(o) for o in outcomes] == [ClientGoneError, EngineTimeoutError, OSError]
+    assert asked["gone"] == 2 and asked["stays"] >= 3  # asked about every 0.1 s until its timeout
+    assert size == 0 and fake.batches == [] and left == []
+
+
+def test_a_watched_call_answered_in_time_gets_its_results_and_leaves_nothing_behind() -> None:
+    fake = FakeForward()
+
+    async def body(engine):
+        one = await engine.run(jobs(seqs(4)), timeout=0.3, is_disconnected=lambda: False)
+        several = await engine.run(jobs(seqs(2, 3)), timeout=0.3, is_disconnected=lambda: False)
+        await asyncio.sleep(0.5)  # past the timeouts and the watcher's next look
+        return one, several, engine.queue_size(), watchers()
+
+    (one, several, size, left), _ = run_engine(fake, body, max_wait_ms=1)
+    assert one == [4] and several == [sum(s) for s in seqs(2, 3)] and size == 0 and left == []
 
 
 def test_admit_refuses_slowly_what_does_not_fit_and_lets_the_rest_through() -> None:
