@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import resource
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DATA_DIR, command_line, machine, start_server, stop_server
@@ -66,32 +68,26 @@ def summarise(raw: str, top: int = 25) -> str:
     return "\n".join(lines)
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each live thread of process `pid`, by thread id (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    seconds = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
-    return seconds
+def cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a /proc `stat` file (of a process: all its threads, ended ones included;
+    of a thread: its own)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def cpu_per_request(pid: int, run) -> tuple[dict, dict[str, float]]:
-    """`run()` (a wrk run: its result fields), and the CPU ms per answered request it cost the server's
-    event-loop thread, its other threads, and the children of this process (wrk)."""
-    before, children = thread_cpu(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    """`run()` (a wrk run: its result fields), and the CPU ms per answered request it cost process `pid`'s
+    main thread (the server's event loop), its other threads, and the children of this process (wrk)."""
+    process, main = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/task/{pid}/stat")
+    before = cpu_seconds(process), cpu_seconds(main), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = run()
-    after, children_after = thread_cpu(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = cpu_seconds(process), cpu_seconds(main), resource.getrusage(resource.RUSAGE_CHILDREN)
     answered = max(1, result["requests"] - result["status"])
-    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
-    wrk_s = (children_after.ru_utime + children_after.ru_stime) - (children.ru_utime + children.ru_stime)
+    loop = after[1] - before[1]
     per = {
-        "event loop": spent.get(pid, 0.0),
-        "other threads": sum(v for tid, v in spent.items() if tid != pid),
-        "wrk": wrk_s,
+        "event loop": loop,
+        "other threads": after[0] - before[0] - loop,
+        "wrk": (after[2].ru_utime + after[2].ru_stime) - (before[2].ru_utime + before[2].ru_stime),
     }
     return result, {k: 1000 * v / answered for k, v in per.items()}
 
@@ -112,50 +108,48 @@ def main(argv: list[str] | None = None) -> None:
     spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
     if not Path(spy).exists() or shutil.which("wrk") is None:
         raise SystemExit("needs py-spy (pip install -e '.[bench]') and wrk (apt-get install wrk)")
-
-    path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
-    tmp = Path(tempfile.mkdtemp(prefix="profile-"))
-    (tmp / "bodies.lua").write_text(LUA)
-    (tmp / "bodies.jsonl").write_text("\n".join(bodies) + "\n")
-    proc, base = start_server()
-    try:
-        wrk(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, 2.0)  # warm-up
-        load = threading.Thread(
-            target=wrk,
-            args=(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, args.seconds + 5),
-        )
+    with loaded_server(args) as (pid, drive):
+        load = threading.Thread(target=drive, args=(args.seconds + 5,))
         load.start()
-        raw = tmp / "raw.txt"
-        cmd = [spy, "record", "-p", str(proc.pid), "--threads", "--idle", "--rate", str(args.rate)]
-        cmd += ["--duration", f"{args.seconds:g}", "--format", "raw", "-o", str(raw)]
-        subprocess.run(cmd, check=True, capture_output=True)
+        with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
+            raw = Path(tmp) / "raw.txt"
+            cmd = [spy, "record", "-p", str(pid), "--threads", "--idle", "--rate", str(args.rate)]
+            cmd += ["--duration", f"{args.seconds:g}", "--format", "raw", "-o", str(raw)]
+            subprocess.run(cmd, check=True, capture_output=True)
+            text = raw.read_text()
         load.join()
-    finally:
-        stop_server(proc)
-    text = raw.read_text()
     if args.raw:
         args.raw.write_text(text)
-    shutil.rmtree(tmp)
     print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s at {args.rate} samples/s:")
     print(summarise(text))
+
+
+@contextlib.contextmanager
+def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[float], dict]]]:
+    """A server started as a user starts it and warmed up with 2 s of the load: (its pid, `drive(seconds)`,
+    which runs wrk with `args.endpoint`'s bodies at `args.concurrency` and returns its result fields)."""
+    path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
+        script, pool = Path(tmp) / "bodies.lua", Path(tmp) / "bodies.jsonl"
+        script.write_text(LUA)
+        pool.write_text("\n".join(bodies) + "\n")
+        proc, base = start_server()
+        try:
+
+            def drive(seconds: float) -> dict:
+                return wrk(base, path, pool, script, args.concurrency, seconds)
+
+            drive(2.0)  # warm-up
+            yield proc.pid, drive
+        finally:
+            stop_server(proc)
 
 
 def cpu_main(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk (apt-get install wrk)")
-    path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
-    tmp = Path(tempfile.mkdtemp(prefix="profile-"))
-    (tmp / "bodies.lua").write_text(LUA)
-    (tmp / "bodies.jsonl").write_text("\n".join(bodies) + "\n")
-    proc, base = start_server()
-    try:
-        wrk(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, 2.0)  # warm-up
-        result, per = cpu_per_request(
-            proc.pid, lambda: wrk(base, path, tmp / "bodies.jsonl", tmp / "bodies.lua", args.concurrency, args.seconds)
-        )
-    finally:
-        stop_server(proc)
-        shutil.rmtree(tmp)
+    with loaded_server(args) as (pid, drive):
+        result, per = cpu_per_request(pid, lambda: drive(args.seconds))
     rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
     lanes = os.environ.get("LMSERVE_FORWARD_LANES", "1")
     print(f"{machine()}; `{command_line()}`; forward lanes {lanes}")

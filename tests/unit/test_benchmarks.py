@@ -272,6 +272,31 @@ def test_the_profile_summary_counts_busy_samples_per_thread() -> None:
     assert "main (a.py)" not in out  # on every busy stack
 
 
+def test_cpu_per_request_splits_the_event_loop_thread_from_the_others() -> None:
+    import os
+    import threading
+    import time
+
+    from benchmarks.profile_server import cpu_per_request
+
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    def run() -> dict:
+        burn(0.3)  # in the main thread: the "event loop" of this process
+        worker = threading.Thread(target=burn, args=(0.6,))
+        worker.start()
+        worker.join()
+        return {"requests": 12, "status": 2}  # 10 answered
+
+    result, per = cpu_per_request(os.getpid(), run)
+    assert result["requests"] == 12
+    assert 25 <= per["event loop"] <= 45  # 0.3 s over 10 answered requests: 30 ms (clock ticks of 10 ms)
+    assert 55 <= per["other threads"] <= 80 and per["wrk"] < 5
+
+
 def test_the_machine_line_names_the_vector_instructions() -> None:
     from benchmarks.common import vector_isa
 
