@@ -256,14 +256,12 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
 
 
 def engine_tokens_per_s(
-    model: str, data_dir: Path, points: Sequence[tuple[int, int]], sentences: int, rounds: int = 3
+    model: str, data_dir: Path, points: Sequence[tuple[int, int]], sentences: int
 ) -> dict[tuple[int, int], tuple[float, float]]:
     """In this process, for each (lanes, batch): `ModelRunner.run` (float32) on `sentences` PTB test sentences in
     batches of that size, `lanes` of them at a time, each in its own thread with its share of the torch threads
-    (as the service's forward lanes run them under load): tokens/s, and the milliseconds one batch takes at that
-    rate. The points are measured in `rounds` rounds over all of them (the median of 3 passes each time), and
-    each point's best round is kept, as for the HTTP points: a ceiling that a moment of the shared machine's
-    drift does not lower."""
+    (as the service's forward lanes run them under load): tokens/s (the median of 3 passes), and the
+    milliseconds one batch takes at that rate."""
     from benchmarks.engine import sentences_ids, throughput
     from lm.checkpoint import load_checkpoint
     from service.runner import ModelRunner
@@ -272,13 +270,12 @@ def engine_tokens_per_s(
     ckpt = load_checkpoint(model)
     seqs = sentences_ids(ckpt, data_dir, sentences)
     predictions = sum(len(s) - 1 for s in seqs)
-    runners = {n: ModelRunner(ckpt, Settings(model=model, device="cpu", forward_lanes=n)) for n, _ in points}
-    best: dict[tuple[int, int], float] = {}
-    for _ in range(rounds):
-        for lanes, b in sorted(set(points)):
-            rate = throughput(runners[lanes], seqs, b, repeats=3, lanes=lanes)
-            best[lanes, b] = max(rate, best.get((lanes, b), 0.0))
-    return {(n, b): (rate, 1000 * predictions / math.ceil(len(seqs) / b / n) / rate) for (n, b), rate in best.items()}
+    out = {}
+    for lanes, b in sorted(set(points)):
+        runner = ModelRunner(ckpt, Settings(model=model, device="cpu", forward_lanes=lanes))
+        rate = throughput(runner, seqs, b, repeats=3, lanes=lanes)
+        out[lanes, b] = rate, 1000 * predictions / math.ceil(len(seqs) / b / lanes) / rate
+    return out
 
 
 def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:
@@ -422,8 +419,7 @@ def main(argv: list[str]) -> None:
         )
     if engine:
         body += (
-            "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences; each point's best "
-            "of 3 rounds over the points, as for HTTP) at the mean "
+            "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences) at the mean "
             "batch the service formed at that concurrency, run as the setup runs it (with two lanes: two batches at a "
             "time, one thread each, where the clients are enough to fill two), and one forward pass of such a batch "
             "in each (in the server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"
