@@ -13,10 +13,9 @@ connections for `--seconds` seconds after a one-second warm-up. Tokens/s are req
 per request of the body pool (`/score`: words + `<eos>`; `/next-word`: one). Errors are connection errors,
 timeouts and non-2xx answers.
 
-Server setups: `batching` (the defaults: 1 worker, dynamic batching, float32, torch's thread count, forward lanes as
-`LMSERVE_FORWARD_LANES` unset gives), `no-batching` (LMSERVE_MAX_BATCH_SEQUENCES=1, LMSERVE_FORWARD_LANES=1:
-one sequence per forward pass, one pass at a time), `2-workers` (--workers 2, LMSERVE_THREADS=1 each, so that
-two processes do not fight over two cores), `1-thread` (LMSERVE_THREADS=1: one
+Server setups: `batching` (the defaults: 1 worker, dynamic batching, float32, torch's thread count),
+`no-batching` (LMSERVE_MAX_BATCH_SEQUENCES=1: one sequence per forward pass), `2-workers` (--workers 2,
+LMSERVE_THREADS=1 each, so that two processes do not fight over two cores), `1-thread` (LMSERVE_THREADS=1: one
 core for torch, one for the event loop) and `bf16` (--dtype bfloat16). wrk shares the machine's cores with the
 server. Where wrk is missing (or with `--load python`), `benchmarks.loadgen` drives the same closed loop from
 Python processes. After each run the server's `/metrics` gives the mean batch (sequences per forward pass) of
@@ -85,7 +84,7 @@ end
 
 SETUPS = {
     "batching": ([], {}),
-    "no-batching": ([], {"LMSERVE_MAX_BATCH_SEQUENCES": "1", "LMSERVE_FORWARD_LANES": "1"}),
+    "no-batching": ([], {"LMSERVE_MAX_BATCH_SEQUENCES": "1"}),
     "2-workers": (["--workers", "2"], {"LMSERVE_THREADS": "1"}),
     "1-thread": ([], {"LMSERVE_THREADS": "1"}),
     "bf16": (["--dtype", "bfloat16"], {}),

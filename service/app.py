@@ -121,8 +121,7 @@ async def lifespan(app: FastAPI):
     ckpt = await asyncio.to_thread(load_checkpoint, settings.model)
     runner = ModelRunner(ckpt, settings, metrics)
     await asyncio.to_thread(runner.warmup)
-    lanes = settings.model_copy(update={"forward_lanes": runner.lanes})  # the runner resolves the default
-    engine = BatchingEngine(runner.run, metrics, lanes, runner.lane_width)
+    engine = BatchingEngine(runner.run, metrics, settings, runner.lane_width)
     await engine.start()
     state.ckpt, state.runner, state.engine, state.encoder = ckpt, runner, engine, SentenceEncoder.for_checkpoint(ckpt)
     metrics.model_info.labels(ckpt.name, str(runner.device), runner.dtype_name).set(1)
@@ -168,8 +167,7 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def model_info(state: Ready) -> dict:
-    """What is being served: name, shape, parameter count, device, dtype, torch threads and forward lanes, and
-    the checkpoint's perplexities."""
+    """What is being served: name, shape, parameter count, device, dtype and the checkpoint's perplexities."""
     ckpt, runner = state.ckpt, state.runner
     return {
         "name": ckpt.name,
@@ -179,8 +177,6 @@ async def model_info(state: Ready) -> dict:
         "parameters": ckpt.model.num_parameters(),
         "device": str(runner.device),
         "dtype": runner.dtype_name,
-        "threads": runner.threads,
-        "forward_lanes": runner.lanes,
         "vocab_size": len(ckpt.vocab),
         "tokenizer": state.encoder.tokenizer.spec(),
         "metrics": {k: ckpt.metrics.get(k) for k in ("valid_ppl", "test_ppl", "train_ppl", "best_epoch")},

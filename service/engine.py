@@ -132,7 +132,7 @@ class BatchingEngine(Generic[J, R]):
         self.max_queue = settings.max_queue
         self.timeout = settings.request_timeout_s
         self.busy_delay = settings.busy_delay_ms / 1000.0
-        self.lanes = settings.forward_lanes or 1
+        self.lanes = settings.forward_lanes
         # One line of entries per call, in the order the calls are served next (round-robin).
         self._lines: deque[deque[_Entry[J]]] = deque()
         self._held = 0  # entries in the lines, cancelled ones included

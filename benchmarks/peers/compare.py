@@ -5,12 +5,10 @@
     python -m benchmarks.http_load --peers --seconds 2 --concurrency 64 --peer-setups lmserve litserve \
         --litserve-flags="--max-batch-size 32 --batch-timeout 0.002" --no-write
 
-Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32, two forward lanes on a CPU of
-two threads or more), `lmserve-1l` (the same with one forward lane, LMSERVE_FORWARD_LANES=1), `lmserve-2w` (the
-same with `--workers 2` and LMSERVE_THREADS=1: one worker per core, as docs/operations.md advises for a
-multi-core CPU), `no-batching` (the service with LMSERVE_MAX_BATCH_SEQUENCES=1 and one forward lane: each
-request alone), `litserve` (LitServe's `max_batch_size`/`batch_timeout` batching around plain torch:
-`benchmarks/peers/litserve_server.py`) and
+Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32), `lmserve-2w` (the same with
+`--workers 2` and LMSERVE_THREADS=1: one worker per core, as docs/operations.md advises for a multi-core CPU),
+`no-batching` (the service with LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's
+`max_batch_size`/`batch_timeout` batching around plain torch: `benchmarks/peers/litserve_server.py`) and
 `ray-serve` (Ray Serve's `@serve.batch`: `benchmarks/peers/ray_server.py`). LitServe is tuned first, in the
 same run: every setting of LITSERVE_SWEEP (its docs' batching knobs, batch size and timeout, and two inference
 workers of one thread each) at `/score` one sentence, concurrency 64; its best (answered/s, no errors) is the
@@ -42,16 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import torch
 
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
-from service.runner import default_lanes
 
-PEER_SETUPS = ("lmserve", "lmserve-1l", "lmserve-2w", "no-batching", "litserve", "ray-serve")
+PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-2l", "no-batching", "litserve", "ray-serve")
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
-# The service as its docs advise: its defaults (two forward lanes on a CPU of two threads or more); one forward
-# lane; one worker per core, 1 thread each.
-OURS = ("lmserve", "lmserve-1l", "lmserve-2w")
+# The service as its docs advise: its defaults; one worker per core, 1 thread each; two forward lanes in one worker.
+OURS = ("lmserve", "lmserve-2w", "lmserve-2l")
 SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
 ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
 # LitServe's batching knobs (its docs: `max_batch_size`, `batch_timeout` in seconds), one inference worker with
@@ -66,7 +61,7 @@ RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @se
 TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
 TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
 # Our setups held against the engine in process, run as they run it: forward lanes (1 thread each beside another).
-ENGINE_LANES = {"lmserve": default_lanes(torch.device("cpu"), torch.get_num_threads()), "lmserve-1l": 1}
+ENGINE_LANES = {"lmserve": 1, "lmserve-2l": 2}
 ENGINE_HEADER = [
     "setup",
     "conc.",
@@ -99,14 +94,13 @@ def ratio(ours: float, theirs: float) -> str:
 def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """The command line and extra environment that start `setup` on 127.0.0.1:port."""
     if setup in SERVICE:
-        # no-batching: one sequence per pass, one pass at a time (each request alone)
-        env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1", "LMSERVE_FORWARD_LANES": "1"} if setup == "no-batching" else {}
+        env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1"} if setup == "no-batching" else {}
         cmd = [sys.executable, "-m", "service", "--model", model, "--port", str(port), "--log-level", "warning"]
         if setup == "lmserve-2w":
             cmd += ["--workers", "2"]
             env["LMSERVE_THREADS"] = "1"
-        if setup == "lmserve-1l":
-            env["LMSERVE_FORWARD_LANES"] = "1"
+        if setup in ENGINE_LANES:
+            env["LMSERVE_FORWARD_LANES"] = str(ENGINE_LANES[setup])
         return cmd, env
     module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
     flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)
@@ -402,9 +396,8 @@ def main(argv: list[str]) -> None:
         f"each server alone, {args.rounds} rounds over the setups (every other one reversed), each point's best "
         "round shown. float32, one PTB test sentence (or "
         f"prefix, top_k 10) per request; mean predictions per `/score` request {tokens['/score 1']:.1f}. "
-        f"`lmserve`: the service's defaults ({ENGINE_LANES['lmserve']} forward lanes here); `lmserve-1l`: "
-        "`LMSERVE_FORWARD_LANES=1`; `lmserve-2w`: `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`. "
-        f"Ray Serve: `{' '.join(RAY_FLAGS)}`."
+        "`lmserve`: the service's defaults; `lmserve-2w`: `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`; `lmserve-2l`: "
+        f"`LMSERVE_FORWARD_LANES=2` (one worker). Ray Serve: `{' '.join(RAY_FLAGS)}`."
         + (f" Did not start: {', '.join(missing)}." if missing else "")
         + "\n\n"
         + table(header, table_rows(results, tokens))
@@ -420,7 +413,7 @@ def main(argv: list[str]) -> None:
     if engine:
         body += (
             "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences) at the mean "
-            "batch the service formed at that concurrency, run as the setup runs it (with two lanes: two batches at a "
+            "batch the service formed at that concurrency, run as the setup runs it (`lmserve-2l`: two batches at a "
             "time, one thread each, where the clients are enough to fill two), and one forward pass of such a batch "
             "in each (in the server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"
             + table(ENGINE_HEADER, engine)

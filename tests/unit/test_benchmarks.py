@@ -154,28 +154,26 @@ def test_http_load_hands_peers_flags_to_the_comparison(monkeypatch) -> None:
     assert seen == [["--seconds", "2", "--peer-setups", "lmserve", "litserve"]]
 
 
-def test_peer_comparison_takes_ratios_and_targets_within_the_run(monkeypatch) -> None:
-    from benchmarks.peers import compare
+def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     from benchmarks.peers.compare import Point, engine_point, engine_points, engine_rows, ratio, ratio_rows, targets
 
-    monkeypatch.setitem(compare.ENGINE_LANES, "lmserve", 2)  # the default on a CPU of two threads or more
     results = {
-        ("lmserve-1l", "/score 1", 64): Point(600, 50, 150, 0, batch=31.6, forward_ms=60.0),
+        ("lmserve", "/score 1", 64): Point(600, 50, 150, 0, batch=31.6, forward_ms=60.0),
         ("litserve", "/score 1", 64): Point(200, 300, 400, 0),
         ("ray-serve", "/score 1", 64): Point(300, 250, 120, 0),
-        ("lmserve-1l", "/next-word", 64): Point(900, 40, 90, 0, batch=50.0),
+        ("lmserve", "/next-word", 64): Point(900, 40, 90, 0, batch=50.0),
         ("litserve", "/next-word", 64): Point(500, 100, 200, 0),
     }
     header, rows = ratio_rows(results)
     assert header[:5] == ["ours", "endpoint", "conc.", "/ litserve", "/ ray-serve"]
-    assert rows[0][:5] == ["lmserve-1l", "/score 1", "64", "3.00x", "2.00x"]
-    assert rows[1][:5] == ["lmserve-1l", "/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
+    assert rows[0][:5] == ["lmserve", "/score 1", "64", "3.00x", "2.00x"]
+    assert rows[1][:5] == ["lmserve", "/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
     assert ratio(5, 0) == "-"  # a peer that answered nothing: no ratio, no crash
-    results[("lmserve", "/score 1", 64)] = Point(450, 60, 170, 0, batch=15.2, forward_ms=70.0)
+    results[("lmserve-2l", "/score 1", 64)] = Point(450, 60, 170, 0, batch=15.2, forward_ms=70.0)
     # The engine rows: each setup against the engine in process run with its own lanes, at its own batch.
     assert engine_points(results) == [(1, 32), (2, 15)]
     # Passes side by side only as many as the clients can fill: one client's pass runs alone, on every thread.
-    assert [engine_point("lmserve", c, b) for c, b in [(1, 1.0), (8, 3.1), (8, 5.0), (64, 40.0)]] == [
+    assert [engine_point("lmserve-2l", c, b) for c, b in [(1, 1.0), (8, 3.1), (8, 5.0), (64, 40.0)]] == [
         (1, 1),
         (2, 3),
         (1, 5),
@@ -184,15 +182,15 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run(monkeypatch) ->
     inproc = {(1, 32): (15000.0, 42.0), (2, 15): (12000.0, 50.0)}
     engine = engine_rows(results, inproc, {"/score 1": 20.0, "/next-word": 1.0})
     assert engine == [
-        ["lmserve-1l", "64", "31.6", "12,000", "15,000", "80%", "60.0", "42.0"],
-        ["lmserve", "64", "15.2", "9,000", "12,000", "75%", "70.0", "50.0"],
+        ["lmserve", "64", "31.6", "12,000", "15,000", "80%", "60.0", "42.0"],
+        ["lmserve-2l", "64", "15.2", "9,000", "12,000", "75%", "70.0", "50.0"],
     ]
-    del results[("lmserve", "/score 1", 64)]
+    del results[("lmserve-2l", "/score 1", 64)]
     lines = targets(results, engine)
     # 2.00x the best peer (ray-serve) but its p99 is lower than ours: not met; /next-word 1.80x: met; 80%: met.
     assert "ray-serve's 300" in lines[0] and "2.00x, **not met**" in lines[0]
-    assert "1.80x, **met**" in lines[1] and "lmserve-1l: HTTP" in lines[2] and "80%, **met**" in lines[2]
-    assert "lmserve: HTTP" in lines[3] and "75%, **not met**" in lines[3]
+    assert "1.80x, **met**" in lines[1] and "lmserve: HTTP" in lines[2] and "80%, **met**" in lines[2]
+    assert "lmserve-2l: HTTP" in lines[3] and "75%, **not met**" in lines[3]
     results[("ray-serve", "/score 1", 64)] = Point(300, 250, 200, 0)
     assert "2.00x, **met**" in targets(results, engine)[0]
     # Each of our setups is held to the targets against the same best peer.
@@ -200,7 +198,7 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run(monkeypatch) ->
     lines = targets(results, engine)
     assert "lmserve-2w >= 1.5x" in lines[1] and "3.00x, **met**" in lines[1]
     header, rows = ratio_rows(results)
-    assert [r[0] for r in rows] == ["lmserve-1l", "lmserve-1l", "lmserve-2w"] and "/ lmserve-2w" not in header
+    assert [r[0] for r in rows] == ["lmserve", "lmserve", "lmserve-2w"] and "/ lmserve-2w" not in header
 
 
 def test_the_peers_answer_our_request_with_our_numbers() -> None:

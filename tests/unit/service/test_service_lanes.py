@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from service_helpers import parse_metrics, run_async
 
-from service.runner import ModelRunner, default_lanes
+from service.runner import ModelRunner
 
 WORDS = ["the", "company", "said", "profits", "rose", "to", "a", "new", "billion", "in", "the", "last", "quarter"]
 
@@ -92,22 +92,3 @@ def test_a_lane_takes_its_share_of_the_threads_in_its_own_thread(make_settings, 
         assert ModelRunner(service_ckpt, make_settings(threads=3, forward_lanes=8)).lane_threads == 1
     finally:
         torch.set_num_threads(before)
-
-
-def test_the_default_is_two_lanes_on_a_cpu_with_two_threads_or_more_and_one_elsewhere(make_settings, service_ckpt):
-    before = torch.get_num_threads()
-    try:
-        for threads, lanes in ((1, 1), (2, 2), (16, 2)):
-            runner = ModelRunner(service_ckpt, make_settings(threads=threads))
-            assert (runner.lanes, runner.lane_threads) == (lanes, threads // lanes)
-        assert ModelRunner(service_ckpt, make_settings(threads=16, forward_lanes=1)).lanes == 1  # a choice wins
-        assert default_lanes(torch.device("cuda"), 16) == 1  # a GPU runs one process's passes in turn anyway
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_the_app_runs_as_many_lanes_as_its_runner_resolved(serve) -> None:
-    with serve(threads=2) as client:
-        assert client.app.state.engine.lanes == client.app.state.runner.lanes == 2
-    with serve(threads=2, forward_lanes=1) as client:
-        assert client.app.state.engine.lanes == 1
