@@ -264,10 +264,11 @@ def engine_tokens_per_s(
     ckpt = load_checkpoint(model)
     seqs = sentences_ids(ckpt, data_dir, sentences)
     predictions = sum(len(s) - 1 for s in seqs)
+    # One runner per lane count (what its lane threads are), not one per point.
+    runners = {n: ModelRunner(ckpt, Settings(model=model, device="cpu", forward_lanes=n)) for n, _ in points}
     out = {}
     for lanes, b in sorted(set(points)):
-        runner = ModelRunner(ckpt, Settings(model=model, device="cpu", forward_lanes=lanes))
-        rate = throughput(runner, seqs, b, repeats=3, lanes=lanes)
+        rate = throughput(runners[lanes], seqs, b, repeats=3, lanes=lanes)
         out[lanes, b] = rate, 1000 * predictions / math.ceil(len(seqs) / b / lanes) / rate
     return out
 
