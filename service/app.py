@@ -27,7 +27,7 @@ from service.errors import install_error_handlers, not_ready
 from service.http import Ready
 from service.lane import FastLane, lanes_for
 from service.limits import Limits
-from service.memory import release_memory_periodically
+from service.memory import release_memory_periodically, steady_heap
 from service.metrics import CONTENT_TYPE, Metrics
 from service.middleware import KEYED, Guard, GuardedRoute, RequestObserverMiddleware, endpoint_of
 from service.runner import ModelRunner
@@ -136,7 +136,8 @@ async def lifespan(app: FastAPI):
     )
     trimming = asyncio.create_task(release_memory_periodically())
     try:
-        yield
+        with steady_heap(settings.gc_threshold):
+            yield
     finally:
         state.ready = False
         trimming.cancel()

@@ -97,6 +97,15 @@ class Settings(BaseSettings):
         "cannot spin the server's CPU away from the forward pass",
     )
 
+    gc_threshold: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="after startup, what startup built is frozen out of Python's garbage collector and its first "
+        "generation is collected after this many new objects (Python's default: 700); 0 leaves the collector "
+        "as Python sets it",
+    )
+
     # Request limits (each enforced before any work is queued)
     max_sentences: int = Field(256, ge=1, description="sentences (or prefixes) per request")
     max_chars: int = Field(20000, ge=1, description="characters per sentence or prefix")

@@ -386,6 +386,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a receive channel that would wait is dropped, not cancelled: what it does on cancellation is skipped",
     ),
     Mutation(
+        "heap-not-frozen",
+        "service/memory.py",
+        "    gc.freeze()\n",
+        "",
+        ("tests/unit/service/test_service_memory.py",),
+        "the steady heap leaves what startup built in the garbage collector's reach (a full collection: ~170 ms)",
+    ),
+    Mutation(
+        "heap-threshold-ignored",
+        "service/app.py",
+        "with steady_heap(settings.gc_threshold):",
+        "with steady_heap(0):",
+        ("tests/unit/service/test_service_memory.py",),
+        "the service never puts itself on the steady heap (LMSERVE_GC_THRESHOLD is ignored)",
+    ),
+    Mutation(
         "lane-threads",
         RUNNER,
         "torch.set_num_threads(self.threads if wide else self.lane_threads)",

@@ -45,10 +45,10 @@ def test_the_matmul_ceiling_is_a_positive_rate() -> None:
     assert common.matmul_gflops(64, 32, 64, common.DTYPES["fp32"], repeats=2) > 0
 
 
-def run(*args: str, timeout: int = 600) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", *args, "--no-write"], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+def run(*args: str, timeout: int = 600, writes: bool = True) -> str:
+    """The benchmark's output; one that `writes` its section of docs/benchmarks.md is told not to."""
+    cmd = [sys.executable, "-m", *args, *(["--no-write"] if writes else [])]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -304,3 +304,19 @@ def test_the_machine_line_names_the_vector_instructions() -> None:
     assert vector_isa({"avx2", "avx512f", "amx_bf16"}) == "AVX-512 with native bf16 (AMX)"
     assert vector_isa({"avx2", "avx512f"}) == "AVX-512, no native bf16"
     assert vector_isa({"avx2"}) == "AVX2, no AVX-512"
+
+
+@pytest.mark.parametrize("gc_mode", [False, True])
+def test_loop_cost_measures_the_http_layer_and_the_collector(gc_mode: bool) -> None:
+    flags = ["--endpoints", "/score", "--requests", "80", "--rounds", "2", "--concurrency", "8"]
+    out = run("benchmarks.loop_cost", *flags, *(["--gc"] if gc_mode else []), writes=False)  # it only prints
+    rows = table_rows(out)
+    if gc_mode:
+        assert [r[1] for r in rows] == ["Python's defaults", "steady heap (the service's)"]
+        for r in rows:
+            assert float(r[2]) > 0 and len(r[3].split(" / ")) == 3
+            assert float(r[4]) >= 0 and float(r[5]) >= 0
+    else:
+        ((endpoint, plain, lane, saved),) = rows
+        assert endpoint == "/score" and float(plain.replace(",", "")) > 0 and float(lane.replace(",", "")) > 0
+        assert saved.endswith("x")
