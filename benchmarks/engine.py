@@ -64,19 +64,25 @@ def score_jobs(seqs: list[list[int]]) -> list[ScoreJob]:
     return [ScoreJob(ids) for ids in seqs]
 
 
-def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: int, lanes: int = 1) -> float:
+def throughput(
+    runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: int, lanes: int = 1, threads: int | None = None
+) -> float:
     """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`; with `lanes` > 1, as the
     service's forward lanes run under load: that many threads side by side, each running every lanes-th batch
-    with the lane's share of the torch threads."""
+    with the lane's share of the torch threads. `threads`: each pass runs with that many torch threads instead
+    (one, as each of `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`'s workers runs)."""
     batches = [score_jobs(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
     predictions = sum(len(s) - 1 for s in seqs)
 
     def lane(part: list[list[ScoreJob]]) -> None:
-        if lanes > 1:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        elif lanes > 1:
             runner.lane_width(False)
         for b in part:
             runner.run(b)
 
+    saved = torch.get_num_threads()
     with ThreadPoolExecutor(lanes) as pool:
 
         def run(parts: list[list[list[ScoreJob]]]) -> None:
@@ -85,12 +91,15 @@ def throughput(runner: ModelRunner, seqs: list[list[int]], batch: int, repeats: 
             else:
                 list(pool.map(lane, parts))
 
-        run([batches[:1]] * lanes)  # warm-up, in every lane
-        rates = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run([batches[k::lanes] for k in range(lanes)])
-            rates.append(predictions / (time.perf_counter() - t0))
+        try:
+            run([batches[:1]] * lanes)  # warm-up, in every lane
+            rates = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run([batches[k::lanes] for k in range(lanes)])
+                rates.append(predictions / (time.perf_counter() - t0))
+        finally:
+            torch.set_num_threads(saved)
     return median(rates)
 
 

@@ -171,16 +171,19 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     assert ratio(5, 0) == "-"  # a peer that answered nothing: no ratio, no crash
     results[("lmserve-2l", "/score 1", 64)] = Point(450, 60, 170, 0, batch=15.2, forward_ms=70.0)
     # The engine rows: each setup against the engine in process run with its own lanes, at its own batch.
-    assert engine_points(results) == [(1, 32), (2, 15)]
+    assert engine_points(results, 2) == [(1, 2, 32), (2, 1, 15)]
     # Passes side by side only as many as the clients can fill: one client's pass runs alone, on every thread.
-    assert [engine_point("lmserve-2l", c, b) for c, b in [(1, 1.0), (8, 3.1), (8, 5.0), (64, 40.0)]] == [
-        (1, 1),
-        (2, 3),
-        (1, 5),
-        (1, 40),
+    assert [engine_point("lmserve-2l", c, b, 2) for c, b in [(1, 1.0), (8, 3.1), (8, 5.0), (64, 40.0)]] == [
+        (1, 2, 1),
+        (2, 1, 3),
+        (1, 2, 5),
+        (1, 2, 40),
     ]
-    inproc = {(1, 32): (15000.0, 42.0), (2, 15): (12000.0, 50.0)}
-    engine = engine_rows(results, inproc, {"/score 1": 20.0, "/next-word": 1.0})
+    # Two workers of one thread each: two passes at a time where the clients fill two, every pass on one thread.
+    assert [engine_point("lmserve-2w", c, b, 2) for c, b in [(1, 1.0), (64, 15.6)]] == [(1, 1, 1), (2, 1, 16)]
+    assert engine_point("lmserve", 64, 31.6, 4) == (1, 4, 32)
+    inproc = {(1, 2, 32): (15000.0, 42.0), (2, 1, 15): (12000.0, 50.0)}
+    engine = engine_rows(results, inproc, {"/score 1": 20.0, "/next-word": 1.0}, 2)
     assert engine == [
         ["lmserve", "64", "31.6", "12,000", "15,000", "80%", "60.0", "42.0"],
         ["lmserve-2l", "64", "15.2", "9,000", "12,000", "75%", "70.0", "50.0"],
@@ -320,3 +323,16 @@ def test_loop_cost_measures_the_http_layer_and_the_collector(gc_mode: bool) -> N
         ((endpoint, plain, lane, saved),) = rows
         assert endpoint == "/score" and float(plain.replace(",", "")) > 0 and float(lane.replace(",", "")) > 0
         assert saved.endswith("x")
+
+
+def test_the_in_process_ceiling_measures_each_point_and_leaves_the_threads_as_they_were() -> None:
+    import torch
+
+    from benchmarks.peers.compare import engine_tokens_per_s
+
+    threads = torch.get_num_threads()
+    points = [(1, threads, 4), (2, 1, 4), (1, 1, 2)]
+    out = engine_tokens_per_s(str(REPO / "models" / "ptb-cpu"), common.DEFAULT_DATA_DIR, points, 16, rounds=2)
+    assert sorted(out) == sorted(points)
+    assert all(rate > 0 and ms > 0 for rate, ms in out.values())
+    assert torch.get_num_threads() == threads
