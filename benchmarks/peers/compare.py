@@ -65,6 +65,8 @@ TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch siz
 # being nearly all kernels), and the setups whose every pass has one torch thread (LMSERVE_THREADS=1).
 ENGINE_LANES = {"lmserve": 1, "lmserve-2l": 2, "lmserve-2w": 2}
 ONE_THREAD = {"lmserve-2w"}
+# The forward lanes each of our setups' workers runs with (whatever the environment says).
+SERVER_LANES = {"lmserve": 1, "lmserve-2l": 2, "lmserve-2w": 1}
 ENGINE_HEADER = [
     "setup",
     "conc.",
@@ -102,8 +104,8 @@ def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tup
         if setup == "lmserve-2w":
             cmd += ["--workers", "2"]
             env["LMSERVE_THREADS"] = "1"
-        if setup in ENGINE_LANES:
-            env["LMSERVE_FORWARD_LANES"] = str(ENGINE_LANES[setup])
+        if setup in SERVER_LANES:
+            env["LMSERVE_FORWARD_LANES"] = str(SERVER_LANES[setup])
         return cmd, env
     module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
     flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)

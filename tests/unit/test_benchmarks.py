@@ -155,7 +155,16 @@ def test_http_load_hands_peers_flags_to_the_comparison(monkeypatch) -> None:
 
 
 def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
-    from benchmarks.peers.compare import Point, engine_point, engine_points, engine_rows, ratio, ratio_rows, targets
+    from benchmarks.peers.compare import (
+        Point,
+        command,
+        engine_point,
+        engine_points,
+        engine_rows,
+        ratio,
+        ratio_rows,
+        targets,
+    )
 
     results = {
         ("lmserve", "/score 1", 64): Point(600, 50, 150, 0, batch=31.6, forward_ms=60.0),
@@ -182,6 +191,12 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     # Two workers of one thread each: two passes at a time where the clients fill two, every pass on one thread.
     assert [engine_point("lmserve-2w", c, b, 2) for c, b in [(1, 1.0), (64, 15.6)]] == [(1, 1, 1), (2, 1, 16)]
     assert engine_point("lmserve", 64, 31.6, 4) == (1, 4, 32)
+    # The servers themselves: two workers of one lane and one thread each; two lanes in one worker.
+    cmd, env = command("lmserve-2w", 8000, "m")
+    assert cmd[cmd.index("--workers") + 1] == "2" and env == {"LMSERVE_THREADS": "1", "LMSERVE_FORWARD_LANES": "1"}
+    cmd, env = command("lmserve-2l", 8000, "m")
+    assert "--workers" not in cmd and env == {"LMSERVE_FORWARD_LANES": "2"}
+    assert command("lmserve", 8000, "m")[1] == {"LMSERVE_FORWARD_LANES": "1"}
     inproc = {(1, 2, 32): (15000.0, 42.0), (2, 1, 15): (12000.0, 50.0)}
     engine = engine_rows(results, inproc, {"/score 1": 20.0, "/next-word": 1.0}, 2)
     assert engine == [
