@@ -41,7 +41,7 @@ def test_names_are_unique_and_every_mutation_names_its_tests() -> None:
     names = [m.name for m in mutate.MUTATIONS]
     assert len(names) == len(set(names))
     assert all(m.tests and m.description for m in mutate.MUTATIONS)
-    assert 20 <= len(names) <= 50
+    assert 20 <= len(names) <= 80  # a sanity bound: the list neither emptied nor duplicated by accident
 
 
 def test_a_moved_snippet_is_reported_stale(tmp_path: Path) -> None:
