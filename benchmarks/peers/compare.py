@@ -45,8 +45,21 @@ from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_se
 
 PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-2l", "no-batching", "litserve", "ray-serve")
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
+
+
+@dataclass(frozen=True)
+class Ours:
+    """How one of our setups runs: uvicorn workers, forward lanes in each, torch threads in each (None: torch's
+    choice). The servers are started so, and the engine in process is run so to compare with them."""
+
+    workers: int = 1
+    lanes: int = 1
+    threads: int | None = None
+
+
 # The service as its docs advise: its defaults; one worker per core, 1 thread each; two forward lanes in one worker.
-OURS = ("lmserve", "lmserve-2w", "lmserve-2l")
+OUR_SETUPS = {"lmserve": Ours(), "lmserve-2w": Ours(workers=2, threads=1), "lmserve-2l": Ours(lanes=2)}
+OURS = tuple(OUR_SETUPS)
 SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
 ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
 # LitServe's batching knobs (its docs: `max_batch_size`, `batch_timeout` in seconds), one inference worker with
@@ -60,13 +73,6 @@ LITSERVE_SWEEP += [
 RAY_FLAGS = ("--max-batch-size", "32", "--batch-wait-timeout-s", "0.005")  # @serve.batch: size and wait
 TARGET_RATIO = 1.5  # ours / the best peer, answered/s at concurrency 64
 TARGET_ENGINE = 0.8  # HTTP tokens/s / in-process tokens/s at the same batch size
-# Our setups held against the engine in process, run as they run it: how many passes at once at most (forward
-# lanes, or workers: two workers' passes are two threads of one process in the measurement, the forward pass
-# being nearly all kernels), and the setups whose every pass has one torch thread (LMSERVE_THREADS=1).
-ENGINE_LANES = {"lmserve": 1, "lmserve-2l": 2, "lmserve-2w": 2}
-ONE_THREAD = {"lmserve-2w"}
-# The forward lanes each of our setups' workers runs with (whatever the environment says).
-SERVER_LANES = {"lmserve": 1, "lmserve-2l": 2, "lmserve-2w": 1}
 ENGINE_HEADER = [
     "setup",
     "conc.",
@@ -101,11 +107,13 @@ def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tup
     if setup in SERVICE:
         env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1"} if setup == "no-batching" else {}
         cmd = [sys.executable, "-m", "service", "--model", model, "--port", str(port), "--log-level", "warning"]
-        if setup == "lmserve-2w":
-            cmd += ["--workers", "2"]
-            env["LMSERVE_THREADS"] = "1"
-        if setup in SERVER_LANES:
-            env["LMSERVE_FORWARD_LANES"] = str(SERVER_LANES[setup])
+        if setup in OUR_SETUPS:  # as it is described, whatever the environment says
+            ours = OUR_SETUPS[setup]
+            if ours.workers > 1:
+                cmd += ["--workers", str(ours.workers)]
+            if ours.threads is not None:
+                env["LMSERVE_THREADS"] = str(ours.threads)
+            env["LMSERVE_FORWARD_LANES"] = str(ours.lanes)
         return cmd, env
     module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
     flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)
@@ -188,16 +196,17 @@ def engine_point(setup: str, concurrency: int, batch: float, threads: int) -> tu
     passes side by side as the setup has lanes or workers and the clients fill (64 clients, batches of 11: 2;
     one client: 1), each with its share of the threads (a lone pass of `lmserve-2l` runs on every thread) or,
     for `lmserve-2w`, one."""
+    ours = OUR_SETUPS[setup]
     rows = max(1, round(batch))
-    passes = max(1, min(ENGINE_LANES[setup], concurrency // rows))
-    return passes, 1 if setup in ONE_THREAD else max(1, threads // passes), rows
+    # Two workers' passes are two threads of one process in the measurement (the forward pass is nearly all
+    # kernels).
+    passes = max(1, min(ours.workers * ours.lanes, concurrency // rows))
+    return passes, ours.threads or max(1, threads // passes), rows
 
 
 def engine_measured(results: dict[tuple[str, str, int], Point]) -> list[tuple[str, int, Point]]:
     """(setup, concurrency, point) of each `/score` one-sentence point to hold against the engine in process."""
-    return [
-        (s, c, p) for (s, name, c), p in results.items() if s in ENGINE_LANES and name == "/score 1" and p.batch > 0
-    ]
+    return [(s, c, p) for (s, name, c), p in results.items() if s in OUR_SETUPS and name == "/score 1" and p.batch > 0]
 
 
 def engine_points(results: dict[tuple[str, str, int], Point], threads: int) -> list[tuple[int, int, int]]:
