@@ -8,8 +8,9 @@ with its own future, and waits for the results. One worker task gathers entries 
 or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms` (at once, when calls have lately
 been coming further apart than that: waiting would only delay them), sorts them by size so that little padding is
 computed, runs the batch in a worker thread (off the event loop) and resolves each future. With
-`forward_lanes` > 1, up to that many batches run at once, each in a thread of its own; the free lanes share the
-queue, and a batch with nothing else to do runs alone on every thread (`lane_width`).
+`forward_lanes` > 1, up to that many batches run at once, each in a thread of its own; a lane takes its share of
+the work in hand (queued and running jobs over the lanes), and a batch with nothing else to do runs alone on
+every thread (`lane_width`).
 The queue is fair between calls: each call's jobs wait in their own line, and a batch takes one job from each
 line in turn, so a call of one sentence arriving behind a call of 200 rides in the next batch, not after the
 200. A batch that raises fails its own jobs only; the worker carries on. The queue is bounded, and a call is
@@ -153,7 +154,7 @@ class BatchingEngine(Generic[J, R]):
         # (its share): the runner sets its torch threads.
         self.lane_width = lane_width if self.lanes > 1 else None
         self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="lm-forward")
-        self._passes: set[asyncio.Task] = set()  # the batches running now, one per busy lane
+        self._passes: dict[asyncio.Task, int] = {}  # the batches running now (their sizes), one per busy lane
         self._wide = False  # a pass that runs alone, with every thread, is running: no other lane starts
         self._watched: set[_Waiting] = set()  # the waiting calls whose clients the watcher asks after
         self._watcher: asyncio.Task | None = None
@@ -389,19 +390,20 @@ class BatchingEngine(Generic[J, R]):
                 trigger = await self._gather(oldest + self.max_wait)  # "full" at once if it already is
             else:  # calls have lately been coming apart: none is likely within max_wait
                 trigger = "full" if self._full() else "sparse"
-            # With several lanes free, the queue is shared among them: each batch takes its part.
-            free = self.lanes - len(self._passes)
-            batch = self._take(min(self.max_batch_sequences, -(-self._live // free)))
+            # With several lanes, each batch takes its share of the work in hand (queued and running): a lane that
+            # comes free beside a small pass does not take the whole queue, leaving the other lane little to do.
+            share = -(-(self._live + sum(self._passes.values())) // self.lanes)
+            batch = self._take(min(self.max_batch_sequences, share))
             if not batch:
                 continue
             # Nothing else to do: the batch runs alone, on every thread (a lone client is not slowed by lanes).
             self._wide = wide = self.lane_width is not None and not self._passes and not self._live
             task = loop.create_task(self._pass(batch, trigger, wide))
-            self._passes.add(task)
+            self._passes[task] = len(batch)
             task.add_done_callback(self._passed)
 
     def _passed(self, task: asyncio.Task) -> None:
-        self._passes.discard(task)
+        self._passes.pop(task, None)
         self._wide = False
         self._lane_free.set()
 

@@ -332,10 +332,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "lanes-no-share",
         ENGINE,
-        "batch = self._take(min(self.max_batch_sequences, -(-self._live // free)))",
+        "batch = self._take(min(self.max_batch_sequences, share))",
         "batch = self._take(self.max_batch_sequences)",
         (f"{ENGINE_TESTS}::test_lanes_run_batches_side_by_side_and_share_the_queue",),
         "the first free lane takes the whole queue and leaves the others idle",
+    ),
+    Mutation(
+        "lane-share-queue-only",
+        ENGINE,
+        "share = -(-(self._live + sum(self._passes.values())) // self.lanes)",
+        "share = -(-self._live // (self.lanes - len(self._passes)))",
+        (f"{ENGINE_TESTS}::test_a_lane_that_comes_free_beside_a_small_pass_takes_its_share_not_the_whole_queue",),
+        "a lane that comes free beside a running pass takes the whole queue (uneven batches, a p99 twice the p50)",
     ),
     Mutation(
         "lanes-wide-beside",

@@ -46,10 +46,13 @@ class FakeForward:
     def __call__(self, items: list[Seq]) -> list[int]:
         self.threads.add(threading.current_thread().name)
         self.batches.append([list(it.ids) for it in items])
-        time.sleep(self.seconds)
+        time.sleep(self.duration(items))
         if self.poison is not None and any(self.poison in it.ids for it in items):
             raise RuntimeError("poisoned batch")
         return [sum(it.ids) for it in items]
+
+    def duration(self, items: list[Seq]) -> float:
+        return self.seconds
 
 
 def run_engine(
@@ -524,6 +527,36 @@ def test_lanes_run_batches_side_by_side_and_share_the_queue() -> None:
     assert overlapping(fake.passes) == 2
     assert len({p[2] for p in fake.passes}) == 2
     assert [p[3] for p in fake.passes] == [False, False]
+
+
+class SlowJobs(LaneForward):
+    """A LaneForward whose pass takes `seconds`, or `slow_s` when it holds a job of an id from 100 up."""
+
+    def __init__(self, seconds: float, slow_s: float) -> None:
+        super().__init__(seconds=seconds)
+        self.slow_s = slow_s
+
+    def duration(self, items: list[Seq]) -> float:
+        return self.slow_s if any(i >= 100 for it in items for i in it.ids) else self.seconds
+
+
+def test_a_lane_that_comes_free_beside_a_small_pass_takes_its_share_not_the_whole_queue() -> None:
+    """A slow pass of one job runs in one lane; eight calls then queue while the other lane is free. That lane
+    takes its share of the work in hand (nine jobs over two lanes: five), not all eight, so that when both lanes
+    run again their batches are even; taking all of the queue had one lane carry nearly every client of a busy
+    server in one large pass while the other cycled a few in small ones."""
+    fake = SlowJobs(seconds=0.05, slow_s=0.8)
+
+    async def body(engine):
+        first = asyncio.gather(engine.run(jobs([[100]])), engine.run(jobs([[1]])))
+        await asyncio.sleep(0.15)  # the fast one has ended; the slow one runs
+        rest = await asyncio.gather(*(engine.run(jobs([[i]])) for i in range(2, 10)))
+        return [*await first, *rest]
+
+    results, _ = run_engine(fake, body, fake.lane_width, forward_lanes=2, max_wait_ms=20)
+    assert results == [[100], [1]] + [[i] for i in range(2, 10)]
+    assert [len(b) for b in fake.batches] == [1, 1, 5, 2, 1]
+    assert overlapping(fake.passes) == 2
 
 
 def test_one_lane_runs_one_batch_at_a_time() -> None:
