@@ -16,7 +16,7 @@ py-spy stops the server for each sample. `--cpu` samples nothing: it reads each 
 system) from Linux's /proc before and after the run, and prints the CPU milliseconds per answered request of
 the event-loop thread (the main thread), of all the server's other threads together (the forward pass, its
 OpenMP team, worker threads) and of wrk, which shares the machine. The server inherits the environment
-(`LMSERVE_FORWARD_LANES=2 python -m benchmarks.profile_server --cpu`).
+(`LMSERVE_FORWARD_LANES=1 python -m benchmarks.profile_server --cpu`).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def cpu_main(args: argparse.Namespace) -> None:
     with loaded_server(args) as (pid, drive):
         result, per = cpu_per_request(pid, lambda: drive(args.seconds))
     rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
-    lanes = os.environ.get("LMSERVE_FORWARD_LANES", "1")
+    lanes = os.environ.get("LMSERVE_FORWARD_LANES", "the service's choice")
     print(f"{machine()}; `{command_line()}`; forward lanes {lanes}")
     cost = ", ".join(f"{name} {ms:.2f}" for name, ms in per.items())
     print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s: {rate:,.0f} answered/s")

@@ -121,18 +121,20 @@ async def lifespan(app: FastAPI):
     ckpt = await asyncio.to_thread(load_checkpoint, settings.model)
     runner = ModelRunner(ckpt, settings, metrics)
     await asyncio.to_thread(runner.warmup)
-    engine = BatchingEngine(runner.run, metrics, settings, runner.lane_width)
+    engine = BatchingEngine(runner.run, metrics, settings, runner.lane_width, lanes=runner.lanes)
     await engine.start()
     state.ckpt, state.runner, state.engine, state.encoder = ckpt, runner, engine, SentenceEncoder.for_checkpoint(ckpt)
     metrics.model_info.labels(ckpt.name, str(runner.device), runner.dtype_name).set(1)
     state.ready = True
     _drain_on_sigterm(app, settings.drain_s)
     log.info(
-        "serving %s (%s parameters) on %s as %s",
+        "serving %s (%s parameters) on %s as %s, %d torch threads, %d forward lanes",
         ckpt.path,
         f"{ckpt.model.num_parameters():,}",
         runner.device,
         runner.dtype_name,
+        runner.threads,
+        runner.lanes,
     )
     trimming = asyncio.create_task(release_memory_periodically())
     try:
@@ -168,7 +170,8 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def model_info(state: Ready) -> dict:
-    """What is being served: name, shape, parameter count, device, dtype and the checkpoint's perplexities."""
+    """What is being served: name, shape, parameter count, device, dtype, torch threads and forward lanes, and
+    the checkpoint's perplexities."""
     ckpt, runner = state.ckpt, state.runner
     return {
         "name": ckpt.name,
@@ -178,6 +181,8 @@ async def model_info(state: Ready) -> dict:
         "parameters": ckpt.model.num_parameters(),
         "device": str(runner.device),
         "dtype": runner.dtype_name,
+        "threads": runner.threads,
+        "forward_lanes": runner.lanes,
         "vocab_size": len(ckpt.vocab),
         "tokenizer": state.encoder.tokenizer.spec(),
         "metrics": {k: ckpt.metrics.get(k) for k in ("valid_ppl", "test_ppl", "train_ppl", "best_epoch")},

@@ -115,7 +115,8 @@ class BatchingEngine(Generic[J, R]):
 
     Its bounds and waits come from `Settings`: max_batch_sequences, max_batch_tokens, max_wait_ms, max_queue,
     request_timeout_s (the default timeout of `run`), busy_delay_ms (how slowly `admit` refuses) and
-    forward_lanes (batches at once).
+    forward_lanes (batches at once; `lanes`, when given, decides instead: the runner's choice when the settings
+    leave it open; 1 when neither says).
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class BatchingEngine(Generic[J, R]):
         metrics: Metrics,
         settings: Settings,
         lane_width: Callable[[bool], None] | None = None,
+        lanes: int | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.metrics = metrics
@@ -133,7 +135,7 @@ class BatchingEngine(Generic[J, R]):
         self.max_queue = settings.max_queue
         self.timeout = settings.request_timeout_s
         self.busy_delay = settings.busy_delay_ms / 1000.0
-        self.lanes = settings.forward_lanes
+        self.lanes = lanes or settings.forward_lanes or 1
         # One line of entries per call, in the order the calls are served next (round-robin).
         self._lines: deque[deque[_Entry[J]]] = deque()
         self._held = 0  # entries in the lines, cancelled ones included
@@ -153,8 +155,10 @@ class BatchingEngine(Generic[J, R]):
         # the lane's thread before each pass whether it runs alone (wide: the whole CPU is its) or beside others
         # (its share): the runner sets its torch threads.
         self.lane_width = lane_width if self.lanes > 1 else None
-        self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="lm-forward")
-        self._passes: dict[asyncio.Task, int] = {}  # the batches running now (their sizes), one per busy lane
+        # A thread of its own per lane, and a pass goes to the first free lane: a lone client's passes all run in
+        # lane 0's thread, with the one OpenMP team that thread keeps (two threads taking turns would wake two).
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"lm-forward-{i}") for i in range(self.lanes)]
+        self._passes: dict[asyncio.Task, tuple[int, int]] = {}  # the batches running now: (lane, size)
         self._wide = False  # a pass that runs alone, with every thread, is running: no other lane starts
         self._watched: set[_Waiting] = set()  # the waiting calls whose clients the watcher asks after
         self._watcher: asyncio.Task | None = None
@@ -190,7 +194,8 @@ class BatchingEngine(Generic[J, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         self._task = None
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     async def admit(self, n: int) -> None:
         """QueueFullError if n jobs cannot be queued now: a caller asks before it prepares its jobs. Under
@@ -392,14 +397,16 @@ class BatchingEngine(Generic[J, R]):
                 trigger = "full" if self._full() else "sparse"
             # With several lanes, each batch takes its share of the work in hand (queued and running): a lane that
             # comes free beside a small pass does not take the whole queue, leaving the other lane little to do.
-            share = -(-(self._live + sum(self._passes.values())) // self.lanes)
+            share = -(-(self._live + sum(size for _, size in self._passes.values())) // self.lanes)
             batch = self._take(min(self.max_batch_sequences, share))
             if not batch:
                 continue
             # Nothing else to do: the batch runs alone, on every thread (a lone client is not slowed by lanes).
             self._wide = wide = self.lane_width is not None and not self._passes and not self._live
-            task = loop.create_task(self._pass(batch, trigger, wide))
-            self._passes[task] = len(batch)
+            busy = {lane for lane, _ in self._passes.values()}
+            lane = next(i for i in range(self.lanes) if i not in busy)
+            task = loop.create_task(self._pass(batch, trigger, wide, lane))
+            self._passes[task] = (lane, len(batch))
             task.add_done_callback(self._passed)
 
     def _passed(self, task: asyncio.Task) -> None:
@@ -412,7 +419,7 @@ class BatchingEngine(Generic[J, R]):
             self.lane_width(wide)
         return self.run_batch(jobs)
 
-    async def _pass(self, batch: list[_Entry[J]], trigger: str, wide: bool) -> None:
+    async def _pass(self, batch: list[_Entry[J]], trigger: str, wide: bool, lane: int) -> None:
         """One forward pass in a lane's thread; each entry's future gets its result or the batch's exception."""
         batch.sort(key=lambda e: e.job.num_tokens, reverse=True)
         started = time.monotonic()
@@ -422,7 +429,8 @@ class BatchingEngine(Generic[J, R]):
                 entry.on_batch(len(batch))
         jobs = [e.job for e in batch]
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._in_lane, jobs, wide)
+            executor = self._executors[lane]
+            results = await asyncio.get_running_loop().run_in_executor(executor, self._in_lane, jobs, wide)
             if len(results) != len(jobs):
                 raise RuntimeError(f"the forward pass gave {len(results)} results for {len(jobs)} jobs")
         except Exception as e:  # the batch fails, the engine does not

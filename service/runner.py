@@ -82,19 +82,27 @@ class NonFiniteOutputError(RuntimeError):
     """The model produced NaN or infinity: reported as an error, never returned as a number."""
 
 
+def default_lanes(device: torch.device, threads: int) -> int:
+    """Forward lanes when the settings leave it open: two on a CPU with two or more torch threads (under load two
+    one-thread passes lose less to the event loop's interruptions than one two-thread pass, which stalls on both
+    threads at every step when one loses its core), one on a GPU (one device, one stream) or with one thread."""
+    return 2 if device.type == "cpu" and threads >= 2 else 1
+
+
 class ModelRunner:
     """The checkpoint on its device and dtype; `run(jobs)` is the engine's forward pass."""
 
     def __init__(self, ckpt: Checkpoint, settings: Settings, metrics: Metrics | None = None) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        self.device = resolve_device(settings.device)
         # A pass beside others in the engine's lanes (threads running one batch each) gets its share of the threads.
         self.threads = torch.get_num_threads()
-        self.lane_threads = max(1, self.threads // settings.forward_lanes)
+        self.lanes = settings.forward_lanes or default_lanes(self.device, self.threads)
+        self.lane_threads = max(1, self.threads // self.lanes)
         self._cache_lock = threading.Lock()  # lanes look up and fill the prefix cache from their own threads
         self.ckpt = ckpt
         self.vocab = ckpt.vocab
-        self.device = resolve_device(settings.device)
         self.dtype = DTYPES[settings.dtype]
         self.dtype_name = settings.dtype
         self.model = ckpt.model.to(self.device, self.dtype).eval()

@@ -28,12 +28,13 @@ class Settings(BaseSettings):
         "float32", description="weights and activations; the log-softmax is always float32"
     )
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (default: torch's choice)")
-    forward_lanes: int = Field(
-        1,
+    forward_lanes: int | None = Field(
+        None,
         ge=1,
         le=64,
         description="forward passes that may run at once, each in its own thread with its share of the torch "
-        "threads (threads / lanes); several lanes keep a busy CPU working when HTTP work interrupts one pass",
+        "threads (threads / lanes); several lanes keep a busy CPU working when HTTP work interrupts one pass "
+        "(default: 2 on a CPU with two or more torch threads, 1 on a GPU or with one thread)",
     )
 
     # Network

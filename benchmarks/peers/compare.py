@@ -5,9 +5,10 @@
     python -m benchmarks.http_load --peers --seconds 2 --concurrency 64 --peer-setups lmserve litserve \
         --litserve-flags="--max-batch-size 32 --batch-timeout 0.002" --no-write
 
-Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32), `lmserve-2w` (the same with
-`--workers 2` and LMSERVE_THREADS=1: one worker per core, as docs/operations.md advises for a multi-core CPU),
-`no-batching` (the service with LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's
+Setups: `lmserve` (`python -m service`, its defaults: dynamic batching, float32, two forward lanes on a CPU of
+two or more threads), `lmserve-2w` (the same with `--workers 2` and LMSERVE_THREADS=1: one worker per core, one
+lane each), `lmserve-1l` (LMSERVE_FORWARD_LANES=1: one batch at a time on every thread), `no-batching` (the
+service with LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's
 `max_batch_size`/`batch_timeout` batching around plain torch: `benchmarks/peers/litserve_server.py`) and
 `ray-serve` (Ray Serve's `@serve.batch`: `benchmarks/peers/ray_server.py`). LitServe is tuned first, in the
 same run: every setting of LITSERVE_SWEEP (its docs' batching knobs, batch size and timeout, and two inference
@@ -35,30 +36,39 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import torch
 
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
+from service.runner import default_lanes
 
-PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-2l", "no-batching", "litserve", "ray-serve")
+PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-1l", "no-batching", "litserve", "ray-serve")
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
 
 
 @dataclass(frozen=True)
 class Ours:
-    """How one of our setups runs: uvicorn workers, forward lanes in each, torch threads in each (None: torch's
-    choice). The servers are started so, and the engine in process is run so to compare with them."""
+    """How one of our setups runs: uvicorn workers, forward lanes in each (None: the service's choice), torch
+    threads in each (None: torch's choice). The servers are started so, and the engine in process is run so to
+    compare with them."""
 
     workers: int = 1
-    lanes: int = 1
+    lanes: int | None = None
     threads: int | None = None
 
+    def lanes_on(self, threads: int) -> int:
+        """The lanes each worker runs on a CPU whose torch has `threads` threads."""
+        return self.lanes or default_lanes(torch.device("cpu"), self.threads or threads)
 
-# The service as its docs advise: its defaults; one worker per core, 1 thread each; two forward lanes in one worker.
-OUR_SETUPS = {"lmserve": Ours(), "lmserve-2w": Ours(workers=2, threads=1), "lmserve-2l": Ours(lanes=2)}
+
+# The service as its docs advise: its defaults (two forward lanes on this CPU); one worker per core, 1 thread each
+# (one lane each); and one forward lane, as the service ran before lanes were its default.
+OUR_SETUPS = {"lmserve": Ours(), "lmserve-2w": Ours(workers=2, threads=1), "lmserve-1l": Ours(lanes=1)}
+DESCRIBED = ("LMSERVE_WORKERS", "LMSERVE_THREADS", "LMSERVE_FORWARD_LANES")  # what a setup says, not the caller
 OURS = tuple(OUR_SETUPS)
 SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
 ENDPOINTS = ("/score 1", "/next-word")  # the peers take one sentence or prefix per request
@@ -113,11 +123,19 @@ def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tup
                 cmd += ["--workers", str(ours.workers)]
             if ours.threads is not None:
                 env["LMSERVE_THREADS"] = str(ours.threads)
-            env["LMSERVE_FORWARD_LANES"] = str(ours.lanes)
+            if ours.lanes is not None:
+                env["LMSERVE_FORWARD_LANES"] = str(ours.lanes)
         return cmd, env
     module = {"litserve": "litserve_server", "ray-serve": "ray_server"}[setup]
     flags = flags or (LITSERVE_SWEEP[0] if setup == "litserve" else RAY_FLAGS)
     return [sys.executable, "-m", f"benchmarks.peers.{module}", "--model", model, "--port", str(port), *flags], {}
+
+
+def environment(setup: str, env: dict[str, str], inherited: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment: ours and `env` over the caller's, less what one of our setups describes (a
+    setup that leaves its lanes to the service does so whatever the caller's LMSERVE_FORWARD_LANES says)."""
+    kept = {k: v for k, v in inherited.items() if setup not in OUR_SETUPS or k not in DESCRIBED}
+    return {**kept, **env}
 
 
 def start(setup: str, model: str, flags: Sequence[str] = (), timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
@@ -125,7 +143,9 @@ def start(setup: str, model: str, flags: Sequence[str] = (), timeout_s: float = 
     scored a sentence (its model is loaded and warm)."""
     port = free_port()
     cmd, env = command(setup, port, model, flags)
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=environment(setup, env, os.environ), stdout=subprocess.DEVNULL, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -194,13 +214,13 @@ def engine_point(setup: str, concurrency: int, batch: float, threads: int) -> tu
     """(passes, threads, batch): how the in-process engine runs to compare with `setup` at that concurrency, where
     the service formed batches of `batch` on average, on a machine whose torch has `threads` threads: as many
     passes side by side as the setup has lanes or workers and the clients fill (64 clients, batches of 11: 2;
-    one client: 1), each with its share of the threads (a lone pass of `lmserve-2l` runs on every thread) or,
+    one client: 1), each with its share of the threads (a lone pass of `lmserve` runs on every thread) or,
     for `lmserve-2w`, one."""
     ours = OUR_SETUPS[setup]
     rows = max(1, round(batch))
     # Two workers' passes are two threads of one process in the measurement (the forward pass is nearly all
     # kernels).
-    passes = max(1, min(ours.workers * ours.lanes, concurrency // rows))
+    passes = max(1, min(ours.workers * ours.lanes_on(threads), concurrency // rows))
     return passes, ours.threads or max(1, threads // passes), rows
 
 
@@ -422,8 +442,9 @@ def main(argv: list[str]) -> None:
         f"each server alone, {args.rounds} rounds over the setups (every other one reversed), each point's best "
         "round shown. float32, one PTB test sentence (or "
         f"prefix, top_k 10) per request; mean predictions per `/score` request {tokens['/score 1']:.1f}. "
-        "`lmserve`: the service's defaults; `lmserve-2w`: `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`; `lmserve-2l`: "
-        f"`LMSERVE_FORWARD_LANES=2` (one worker). Ray Serve: `{' '.join(RAY_FLAGS)}`."
+        "`lmserve`: the service's defaults (two forward lanes on a CPU of two or more threads); `lmserve-2w`: "
+        "`LMSERVE_WORKERS=2 LMSERVE_THREADS=1`; `lmserve-1l`: `LMSERVE_FORWARD_LANES=1` (one batch at a time, on "
+        f"every thread). Ray Serve: `{' '.join(RAY_FLAGS)}`."
         + (f" Did not start: {', '.join(missing)}." if missing else "")
         + "\n\n"
         + table(header, table_rows(results, tokens))
@@ -440,8 +461,9 @@ def main(argv: list[str]) -> None:
         body += (
             "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences; each point's best "
             "of 3 rounds over the points, as for HTTP) at the mean "
-            "batch the service formed at that concurrency, run as the setup runs it (`lmserve-2l`: two batches at a "
-            "time, one thread each, where the clients are enough to fill two; `lmserve-2w`: the same, but a lone "
+            "batch the service formed at that concurrency, run as the setup runs it (`lmserve`: two batches at a "
+            "time, one thread each, where the clients are enough to fill two, a lone one on every thread; "
+            "`lmserve-1l`: one batch, on every thread; `lmserve-2w`: like `lmserve`, but a lone "
             "batch also on one thread, its worker's), and one forward pass of such a batch "
             "in each (in the server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"
             + table(ENGINE_HEADER, engine)

@@ -161,6 +161,7 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
         engine_point,
         engine_points,
         engine_rows,
+        environment,
         ratio,
         ratio_rows,
         targets,
@@ -178,11 +179,12 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     assert rows[0][:5] == ["lmserve", "/score 1", "64", "3.00x", "2.00x"]
     assert rows[1][:5] == ["lmserve", "/next-word", "64", "1.80x", ""]  # ray-serve did not run that point
     assert ratio(5, 0) == "-"  # a peer that answered nothing: no ratio, no crash
-    results[("lmserve-2l", "/score 1", 64)] = Point(450, 60, 170, 0, batch=15.2, forward_ms=70.0)
-    # The engine rows: each setup against the engine in process run with its own lanes, at its own batch.
-    assert engine_points(results, 2) == [(1, 2, 32), (2, 1, 15)]
+    results[("lmserve-1l", "/score 1", 64)] = Point(450, 60, 170, 0, batch=15.2, forward_ms=70.0)
+    # The engine rows: each setup against the engine in process run with its own lanes, at its own batch: the
+    # defaults are two lanes on a CPU of two threads, one thread each; one lane runs on both.
+    assert engine_points(results, 2) == [(2, 1, 32), (1, 2, 15)]
     # Passes side by side only as many as the clients can fill: one client's pass runs alone, on every thread.
-    assert [engine_point("lmserve-2l", c, b, 2) for c, b in [(1, 1.0), (8, 3.1), (8, 5.0), (64, 40.0)]] == [
+    assert [engine_point("lmserve", c, b, 2) for c, b in [(1, 1.0), (8, 3.1), (8, 5.0), (64, 40.0)]] == [
         (1, 2, 1),
         (2, 1, 3),
         (1, 2, 5),
@@ -190,25 +192,33 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     ]
     # Two workers of one thread each: two passes at a time where the clients fill two, every pass on one thread.
     assert [engine_point("lmserve-2w", c, b, 2) for c, b in [(1, 1.0), (64, 15.6)]] == [(1, 1, 1), (2, 1, 16)]
-    assert engine_point("lmserve", 64, 31.6, 4) == (1, 4, 32)
-    # The servers themselves: two workers of one lane and one thread each; two lanes in one worker.
+    assert engine_point("lmserve", 64, 31.6, 4) == (2, 2, 32)  # four threads: two lanes of two
+    assert engine_point("lmserve", 64, 31.6, 1) == (1, 1, 32)  # one thread: one lane
+    assert engine_point("lmserve-1l", 64, 31.6, 4) == (1, 4, 32)
+    # The servers themselves: the defaults, whatever the caller's environment says of what a setup describes;
+    # two workers of one thread each (one lane each, the service's choice); one lane.
+    cmd, env = command("lmserve", 8000, "m")
+    assert "--workers" not in cmd and env == {}
+    caller = {"LMSERVE_FORWARD_LANES": "4", "LMSERVE_THREADS": "3", "PATH": "/bin"}
+    assert environment("lmserve", env, caller) == {"PATH": "/bin"}
+    assert environment("litserve", {}, caller) == caller
     cmd, env = command("lmserve-2w", 8000, "m")
-    assert cmd[cmd.index("--workers") + 1] == "2" and env == {"LMSERVE_THREADS": "1", "LMSERVE_FORWARD_LANES": "1"}
-    cmd, env = command("lmserve-2l", 8000, "m")
-    assert "--workers" not in cmd and env == {"LMSERVE_FORWARD_LANES": "2"}
-    assert command("lmserve", 8000, "m")[1] == {"LMSERVE_FORWARD_LANES": "1"}
-    inproc = {(1, 2, 32): (15000.0, 42.0), (2, 1, 15): (12000.0, 50.0)}
+    assert cmd[cmd.index("--workers") + 1] == "2" and env == {"LMSERVE_THREADS": "1"}
+    assert environment("lmserve-2w", env, caller) == {"LMSERVE_THREADS": "1", "PATH": "/bin"}
+    cmd, env = command("lmserve-1l", 8000, "m")
+    assert "--workers" not in cmd and env == {"LMSERVE_FORWARD_LANES": "1"}
+    inproc = {(2, 1, 32): (15000.0, 42.0), (1, 2, 15): (12000.0, 50.0)}
     engine = engine_rows(results, inproc, {"/score 1": 20.0, "/next-word": 1.0}, 2)
     assert engine == [
         ["lmserve", "64", "31.6", "12,000", "15,000", "80%", "60.0", "42.0"],
-        ["lmserve-2l", "64", "15.2", "9,000", "12,000", "75%", "70.0", "50.0"],
+        ["lmserve-1l", "64", "15.2", "9,000", "12,000", "75%", "70.0", "50.0"],
     ]
-    del results[("lmserve-2l", "/score 1", 64)]
+    del results[("lmserve-1l", "/score 1", 64)]
     lines = targets(results, engine)
     # 2.00x the best peer (ray-serve) but its p99 is lower than ours: not met; /next-word 1.80x: met; 80%: met.
     assert "ray-serve's 300" in lines[0] and "2.00x, **not met**" in lines[0]
     assert "1.80x, **met**" in lines[1] and "lmserve: HTTP" in lines[2] and "80%, **met**" in lines[2]
-    assert "lmserve-2l: HTTP" in lines[3] and "75%, **not met**" in lines[3]
+    assert "lmserve-1l: HTTP" in lines[3] and "75%, **not met**" in lines[3]
     results[("ray-serve", "/score 1", 64)] = Point(300, 250, 200, 0)
     assert "2.00x, **met**" in targets(results, engine)[0]
     # Each of our setups is held to the targets against the same best peer.

@@ -588,6 +588,24 @@ def test_a_batch_with_nothing_else_queued_runs_alone_on_every_thread() -> None:
     assert overlapping(fake.passes) == 1
 
 
+def test_a_lone_clients_passes_all_run_in_the_first_lanes_thread() -> None:
+    """After a busy spell (both lanes' threads at work), one call after another: each pass runs wide, and always
+    in the same thread (the first free lane's), so that one OpenMP team serves a lone client; a pool of two
+    threads would have them take turns, each waking a team of its own."""
+    fake = LaneForward(seconds=0.02)
+
+    async def body(engine):
+        together = await asyncio.gather(*(engine.run(jobs([[i]])) for i in range(1, 9)))
+        alone = [await engine.run(jobs([[i]])) for i in range(9, 15)]
+        return together + alone
+
+    results, _ = run_engine(fake, body, fake.lane_width, forward_lanes=2, max_wait_ms=10)
+    assert results == [[i] for i in range(1, 15)]
+    busy, lone = fake.passes[:-6], fake.passes[-6:]
+    assert len({p[2] for p in busy}) == 2
+    assert [(p[2], p[3]) for p in lone] == [(lone[0][2], True)] * 6
+
+
 def test_stop_waits_for_every_lane() -> None:
     fake = LaneForward(seconds=0.2)
 

@@ -11,9 +11,11 @@ import threading
 from typing import Any
 
 import torch
+from fastapi.testclient import TestClient
 from service_helpers import parse_metrics, run_async
 
-from service.runner import ModelRunner
+from service.app import create_app
+from service.runner import ModelRunner, default_lanes
 
 WORDS = ["the", "company", "said", "profits", "rose", "to", "a", "new", "billion", "in", "the", "last", "quarter"]
 
@@ -70,6 +72,28 @@ def test_two_lanes_answer_what_one_lane_does(make_app, monkeypatch) -> None:
     assert False in widths  # passes ran side by side
     assert [same(x, y) for x, y in zip(one, two, strict=True)] == [True] * len(requests)
     assert samples[("lmserve_batch_size_count", frozenset())] >= 15  # 60 requests in batches of 4 at most
+
+
+def test_lanes_default_to_two_on_a_cpu_of_two_threads_or_more_and_one_elsewhere(make_settings, service_ckpt) -> None:
+    """Left open, the lanes follow the machine: two on a CPU with two or more torch threads, one with a single
+    thread or on a GPU; a number in the settings is taken as it is. The engine runs as many as the runner says,
+    and /model tells both."""
+    assert default_lanes(torch.device("cpu"), 2) == 2
+    assert default_lanes(torch.device("cpu"), 16) == 2
+    assert default_lanes(torch.device("cpu"), 1) == 1
+    assert default_lanes(torch.device("cuda"), 8) == 1
+    before = torch.get_num_threads()
+    try:
+        assert make_settings().forward_lanes is None
+        for threads, lanes, expected in ((2, None, (2, 1)), (1, None, (1, 1)), (4, 1, (1, 4)), (4, 3, (3, 1))):
+            runner = ModelRunner(service_ckpt, make_settings(threads=threads, forward_lanes=lanes))
+            assert (runner.lanes, runner.lane_threads) == expected
+        app = create_app(make_settings(threads=2))
+        with TestClient(app) as client:
+            body = client.get("/model").json()
+            assert (body["threads"], body["forward_lanes"], app.state.engine.lanes) == (2, 2, 2)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_lane_takes_its_share_of_the_threads_in_its_own_thread(make_settings, service_ckpt) -> None:
