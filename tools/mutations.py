@@ -402,6 +402,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the steady heap leaves what startup built in the garbage collector's reach (a full collection: ~170 ms)",
     ),
     Mutation(
+        "sigint-not-remembered",
+        "trainer/interrupt.py",
+        "_requested.set()",
+        "pass",
+        ("tests/unit/trainer/test_trainer_interrupt.py",),
+        "a Ctrl-C whose KeyboardInterrupt a finalizer dropped is forgotten: training runs on until killed",
+    ),
+    Mutation(
         "heap-threshold-ignored",
         "service/app.py",
         "with steady_heap(settings.gc_threshold):",

@@ -153,6 +153,7 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from trainer import interrupt
     from trainer.train import RunOptions, train
 
     if args.lowercase and args.tokenizer != "words":
@@ -193,7 +194,8 @@ def _train(args: argparse.Namespace) -> None:
         data_cache=args.data_cache,
     )
     try:
-        train(config, opts)
+        with interrupt.stopping():
+            train(config, opts)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: the current epoch is lost, finished epochs are kept in {args.out}; continue with "

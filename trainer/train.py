@@ -36,6 +36,7 @@ from lm.model import LSTMLanguageModel, State, detach_state, native_bf16
 from lm.model import resolve_device as lm_resolve_device
 from lm.scoring import stream_nll
 from lm.tokenizers import Tokenizer, TokenizerError, make_tokenizer
+from trainer import interrupt
 from trainer.averaging import ParameterAverager
 from trainer.cache import cached_corpus
 from trainer.configs import TrainConfig, lr_at
@@ -263,6 +264,7 @@ def train_epoch(
         leave=False,
     )
     for step, (x, y) in enumerate(bar):
+        interrupt.check()
         if step >= steps:
             break
         loss, hidden = train_step(objective, optimizer, config, x, y, hidden)
@@ -438,6 +440,7 @@ def _train(config: TrainConfig, opts: RunOptions, ranks: Ranks, device: torch.de
             f"epoch {epoch:2d}  lr {lr:.4g}  train ppl {result.train_ppl:8.2f}  valid ppl {valid_ppl:8.2f}"
             f"  {tokens_per_s:,.0f} tok/s  {epoch_time:.0f}s{'  *best' if improved else ''}"
         )
+        interrupt.check()
         barrier(ranks)
 
     if not ranks.is_main:
