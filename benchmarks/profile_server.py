@@ -16,7 +16,8 @@ py-spy stops the server for each sample. `--cpu` samples nothing: it reads each 
 system) from Linux's /proc before and after the run, and prints the CPU milliseconds per answered request of
 the event-loop thread (the main thread), of all the server's other threads together (the forward pass, its
 OpenMP team, worker threads) and of wrk, which shares the machine. The server inherits the environment
-(`LMSERVE_FORWARD_LANES=1 python -m benchmarks.profile_server --cpu`).
+(`LMSERVE_FORWARD_LANES=1 python -m benchmarks.profile_server --cpu`); the forward lanes it ran are printed as
+its `/model` reports them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import httpx
 
 from benchmarks.common import DEFAULT_DATA_DIR, command_line, machine, start_server, stop_server
 from benchmarks.http_load import LUA, body_pools, wrk
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
     if not Path(spy).exists() or shutil.which("wrk") is None:
         raise SystemExit("needs py-spy (pip install -e '.[bench]') and wrk (apt-get install wrk)")
-    with loaded_server(args) as (pid, drive):
+    with loaded_server(args) as (pid, drive, lanes):
         load = threading.Thread(target=drive, args=(args.seconds + 5,))
         load.start()
         with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
@@ -120,14 +123,16 @@ def main(argv: list[str] | None = None) -> None:
         load.join()
     if args.raw:
         args.raw.write_text(text)
-    print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s at {args.rate} samples/s:")
+    where = f"{args.endpoint}, concurrency {args.concurrency}, {lanes} forward lanes"
+    print(f"{where}, {args.seconds:g} s at {args.rate} samples/s:")
     print(summarise(text))
 
 
 @contextlib.contextmanager
-def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[float], dict]]]:
+def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[float], dict], int]]:
     """A server started as a user starts it and warmed up with 2 s of the load: (its pid, `drive(seconds)`,
-    which runs wrk with `args.endpoint`'s bodies at `args.concurrency` and returns its result fields)."""
+    which runs wrk with `args.endpoint`'s bodies at `args.concurrency` and returns its result fields, the
+    forward lanes it runs, as its `/model` says)."""
     path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         script, pool = Path(tmp) / "bodies.lua", Path(tmp) / "bodies.jsonl"
@@ -140,7 +145,7 @@ def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[flo
                 return wrk(base, path, pool, script, args.concurrency, seconds)
 
             drive(2.0)  # warm-up
-            yield proc.pid, drive
+            yield proc.pid, drive, httpx.get(base + "/model", timeout=10).json()["forward_lanes"]
         finally:
             stop_server(proc)
 
@@ -148,10 +153,9 @@ def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[flo
 def cpu_main(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk (apt-get install wrk)")
-    with loaded_server(args) as (pid, drive):
+    with loaded_server(args) as (pid, drive, lanes):
         result, per = cpu_per_request(pid, lambda: drive(args.seconds))
     rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
-    lanes = os.environ.get("LMSERVE_FORWARD_LANES", "the service's choice")
     print(f"{machine()}; `{command_line()}`; forward lanes {lanes}")
     cost = ", ".join(f"{name} {ms:.2f}" for name, ms in per.items())
     print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s: {rate:,.0f} answered/s")
