@@ -17,8 +17,10 @@ one compared. Then each setup runs alone (an idle peer is not idle: LitServe's p
 about 87 % of a core between them, and Ray's about 35 %, which would be taken from whichever server is being
 measured): started, measured at every point (endpoint, concurrency), stopped; `--rounds` rounds, every other
 one in reverse order so that a shared machine's drift hits all alike, and each point's best round is kept.
-Last, the in-process ceiling:
-`ModelRunner.run` on PTB test sentences at the mean batch size the service formed at each `/score` point.
+After each of our setups in every round, the in-process ceiling (`Ceiling`): `ModelRunner.run` on PTB test
+sentences at the mean batch size the service formed at each of its `/score` points in that round, run as the
+setup runs its passes; measured then, not at the end of the run, so that the machine's drift weighs on both
+figures of a ratio alike.
 
 Ray binds the machine's external address whatever it is told, so with `ray-serve` among the setups the whole run
 moves into a private network namespace where only loopback exists (`unshare -n`, root).
@@ -287,32 +289,61 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
     return lines
 
 
+class Ceiling:
+    """The engine in process (`ModelRunner.run`, float32, `sentences` PTB test sentences) at (passes, threads,
+    batch) points: tokens/s of each point as measured when asked (the median of 3 passes over the sentences),
+    each point's best kept, as for the HTTP points. The run asks for a setup's points right after that setup's
+    HTTP points in every round, so that the shared machine's drift (the same setup moves by a quarter between runs
+    half an hour apart) weighs on the ceiling as it weighed on the HTTP figures it is held against."""
+
+    def __init__(self, model: str, data_dir: Path, sentences: int) -> None:
+        self.model, self.data_dir, self.sentences = model, data_dir, sentences
+        self.best: dict[tuple[int, int, int], float] = {}
+        self._runner = None
+
+    def measure(self, points: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], float]:
+        """Each point once (in order, each once): its tokens/s now, also kept if it is the point's best."""
+        from benchmarks.engine import throughput
+
+        if self._runner is None:
+            self._load()
+        now = {}
+        for n, t, b in sorted(set(points)):
+            now[n, t, b] = throughput(self._runner, self._seqs, b, repeats=3, lanes=n, threads=t)
+            self.best[n, t, b] = max(now[n, t, b], self.best.get((n, t, b), 0.0))
+        return now
+
+    def figures(self) -> dict[tuple[int, int, int], tuple[float, float]]:
+        """Each point measured: (its best tokens/s, the milliseconds one of its batches takes at that rate)."""
+        return {
+            (n, t, b): (rate, 1000 * self._predictions / math.ceil(len(self._seqs) / b / n) / rate)
+            for (n, t, b), rate in self.best.items()
+        }
+
+    def _load(self) -> None:
+        from benchmarks.engine import sentences_ids
+        from lm.checkpoint import load_checkpoint
+        from service.runner import ModelRunner
+        from service.settings import Settings
+
+        ckpt = load_checkpoint(self.model)
+        self._seqs = sentences_ids(ckpt, self.data_dir, self.sentences)
+        self._predictions = sum(len(s) - 1 for s in self._seqs)
+        # Each pass sets its own threads.
+        self._runner = ModelRunner(ckpt, Settings(model=self.model, device="cpu"))
+
+
 def engine_tokens_per_s(
     model: str, data_dir: Path, points: Sequence[tuple[int, int, int]], sentences: int, rounds: int = 3
 ) -> dict[tuple[int, int, int], tuple[float, float]]:
     """In this process, for each (passes, threads, batch): `ModelRunner.run` (float32) on `sentences` PTB test
     sentences in batches of that size, `passes` of them at a time, each in its own thread with `threads` torch
     threads (as the service's forward lanes, or its workers, run them under load): tokens/s, and the
-    milliseconds one batch takes at that rate. The points are measured in `rounds` rounds over all of them (the
-    median of 3 passes each time), and each point's best round is kept, as for the HTTP points: a ceiling that a
-    moment of the shared machine's drift does not lower."""
-    from benchmarks.engine import sentences_ids, throughput
-    from lm.checkpoint import load_checkpoint
-    from service.runner import ModelRunner
-    from service.settings import Settings
-
-    ckpt = load_checkpoint(model)
-    seqs = sentences_ids(ckpt, data_dir, sentences)
-    predictions = sum(len(s) - 1 for s in seqs)
-    runner = ModelRunner(ckpt, Settings(model=model, device="cpu"))  # each pass sets its own threads
-    best: dict[tuple[int, int, int], float] = {}
+    milliseconds one batch takes at that rate, each point's best of `rounds` rounds over all of them (`Ceiling`)."""
+    ceiling = Ceiling(model, data_dir, sentences)
     for _ in range(rounds):
-        for n, t, b in sorted(set(points)):
-            rate = throughput(runner, seqs, b, repeats=3, lanes=n, threads=t)
-            best[n, t, b] = max(rate, best.get((n, t, b), 0.0))
-    return {
-        (n, t, b): (rate, 1000 * predictions / math.ceil(len(seqs) / b / n) / rate) for (n, t, b), rate in best.items()
-    }
+        ceiling.measure(points)
+    return ceiling.figures()
 
 
 def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:
@@ -397,6 +428,8 @@ def main(argv: list[str]) -> None:
                 args.peer_setups.remove("litserve")
     measured: dict[tuple[str, str, int], Point] = {}
     missing = []
+    threads = torch.get_num_threads()  # what the service's torch takes by default, here
+    ceiling = Ceiling(args.model, args.data_dir, args.engine_sentences)
     for r in range(args.rounds):
         for setup in args.peer_setups if r % 2 == 0 else reversed(args.peer_setups):
             if setup in missing:
@@ -409,16 +442,25 @@ def main(argv: list[str]) -> None:
                 missing.append(setup)
                 print(f"warning: {setup} did not start ({e}); measuring without it", flush=True)
                 continue
+            now: dict[tuple[str, str, int], Point] = {}
             try:
                 for name in args.endpoints:
                     for c in args.concurrency:
-                        point = run(setup, base, c, args.seconds, name)
+                        point = now[setup, name, c] = run(setup, base, c, args.seconds, name)
                         key = (setup, name, c)
                         if key not in measured or point.rps > measured[key].rps:
                             measured[key] = point
                         print(f"round {r + 1}  " + "  ".join(table_rows({key: point}, tokens)[0]), flush=True)
             finally:
                 stop(proc)
+            # The engine in process at this round's batches, now, while the machine is as the server found it.
+            for (s, c, p), (n, t, b) in zip(engine_measured(now), engine_points(now, threads), strict=True):
+                rate = ceiling.measure([(n, t, b)])[n, t, b]
+                print(
+                    f"round {r + 1}  {s} in process  conc. {c}  {n} x batch {b} on {t} thread(s): {rate:,.0f} "
+                    f"tokens/s, HTTP {p.rps * tokens['/score 1'] / rate:.0%} of it",
+                    flush=True,
+                )
     shutil.rmtree(tmp)
     # In the table's order: endpoint, concurrency, then setup.
     results = {
@@ -429,12 +471,7 @@ def main(argv: list[str]) -> None:
         if (s, n, c) in measured
     }
 
-    import torch
-
-    threads = torch.get_num_threads()  # what the service's torch takes by default, here
-    points = engine_points(results, threads)
-    ceiling = engine_tokens_per_s(args.model, args.data_dir, points, args.engine_sentences) if points else {}
-    engine = engine_rows(results, ceiling, tokens, threads)
+    engine = engine_rows(results, ceiling.figures(), tokens, threads)
     header = ["setup", "endpoint", "conc.", "answered/s", "tokens/s", "p50 ms", "p99 ms", "batch", "errors"]
     ratio_header, ratios = ratio_rows(results)
     body = (
@@ -459,8 +496,9 @@ def main(argv: list[str]) -> None:
         )
     if engine:
         body += (
-            "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences; each point's best "
-            "of 3 rounds over the points, as for HTTP) at the mean "
+            "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences, the median of 3 "
+            "passes over them; measured in every round right after the setup's HTTP points, at the batches the "
+            "service formed there, each point's best round kept, as for HTTP) at the mean "
             "batch the service formed at that concurrency, run as the setup runs it (`lmserve`: two batches at a "
             "time, one thread each, where the clients are enough to fill two, a lone one on every thread; "
             "`lmserve-1l`: one batch, on every thread; `lmserve-2w`: like `lmserve`, but a lone "

@@ -361,3 +361,65 @@ def test_the_in_process_ceiling_measures_each_point_and_leaves_the_threads_as_th
     assert sorted(out) == sorted(points)
     assert all(rate > 0 and ms > 0 for rate, ms in out.values())
     assert torch.get_num_threads() == threads
+
+
+def test_the_ceiling_is_measured_after_each_setups_http_points_in_every_round(monkeypatch, capsys) -> None:
+    """The engine in process is measured right after each of our setups' HTTP points, round by round, at that
+    round's batches, so that a machine that slows down over the run slows both sides of a ratio; each side keeps
+    its best round."""
+    from benchmarks import http_load
+    from benchmarks.peers import compare
+
+    timeline: list[tuple] = []
+    current: list[str] = []
+    rates = {"lmserve": iter([6000.0, 9000.0]), "lmserve-1l": iter([5000.0, 4000.0])}
+    answered = {"lmserve": iter([100, 300]), "lmserve-1l": iter([200, 100])}
+    totals = [0.0, 0.0, 0.0]
+
+    def start(setup, model, flags=()):
+        current[:] = [setup]
+        return setup, "http://x"
+
+    def load(base, path, bodies, script, c, seconds):
+        if seconds == 1.0:
+            return {"requests": 0, "status": 0, "duration_us": 1e6, "p50_us": 1, "p99_us": 1,
+                    "connect": 0, "read": 0, "write": 0, "timeout": 0}  # fmt: skip
+        timeline.append(("http", current[0], c))
+        n = next(answered[current[0]])
+        totals[0] += 20.0 * n / 20  # batches of 20 sequences
+        totals[1] += n / 20
+        totals[2] += 0.1 * n / 20
+        return {"requests": n, "status": 0, "duration_us": 1e6, "p50_us": 1000, "p99_us": 2000,
+                "connect": 0, "read": 0, "write": 0, "timeout": 0}  # fmt: skip
+
+    def measure(self, points):
+        ((n, t, b),) = points
+        rate = next(rates[current[0]])
+        timeline.append(("engine", current[0], (n, t, b)))
+        self.best[n, t, b] = max(rate, self.best.get((n, t, b), 0.0))
+        self._seqs, self._predictions = [[0, 1]] * 40, 40
+        return {(n, t, b): rate}
+
+    monkeypatch.setattr(compare, "start", start)
+    monkeypatch.setattr(compare, "stop", lambda proc: None)
+    monkeypatch.setattr(compare.Ceiling, "measure", measure)
+    monkeypatch.setattr(compare.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(http_load, "load", load)
+    monkeypatch.setattr(http_load, "wait_idle", lambda base: None)
+    monkeypatch.setattr(http_load, "batch_totals", lambda base: tuple(totals))
+    pools = {"/score 1": ("/score", ["{}"], 20.0), "/next-word": ("/next-word", ["{}"], 1.0)}
+    monkeypatch.setattr(http_load, "body_pools", lambda d: pools)
+    compare.main(["--peer-setups", "lmserve", "lmserve-1l", "--endpoints", "/score 1", "--concurrency", "64",
+                  "--rounds", "2", "--no-write"])  # fmt: skip
+    # Round 1 in order, round 2 reversed; each setup's engine point right after its own HTTP point.
+    assert timeline == [
+        ("http", "lmserve", 64), ("engine", "lmserve", (2, 1, 20)),
+        ("http", "lmserve-1l", 64), ("engine", "lmserve-1l", (1, 2, 20)),
+        ("http", "lmserve-1l", 64), ("engine", "lmserve-1l", (1, 2, 20)),
+        ("http", "lmserve", 64), ("engine", "lmserve", (2, 1, 20)),
+    ]  # fmt: skip
+    out = capsys.readouterr().out
+    # Best rounds: lmserve 300 answered/s x 20 tokens against its best ceiling 9,000; lmserve-1l 200 x 20 / 5,000.
+    assert "| lmserve | 64 | 20.0 | 6,000 | 9,000 | 67% |" in out
+    assert "| lmserve-1l | 64 | 20.0 | 4,000 | 5,000 | 80% |" in out
+    assert "round 1  lmserve in process  conc. 64  2 x batch 20 on 1 thread(s): 6,000 tokens/s, HTTP 33% of it" in out
