@@ -70,9 +70,17 @@ def throughput(
     """Median tokens/s over `repeats` passes of all `seqs` in batches of `batch`; with `lanes` > 1, as the
     service's forward lanes run under load: that many threads side by side, each running every lanes-th batch
     with the lane's share of the torch threads. `threads`: each pass runs with that many torch threads instead
-    (one, as each of `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`'s workers runs)."""
+    (one, as each of `LMSERVE_WORKERS=2 LMSERVE_THREADS=1`'s workers runs).
+
+    With lanes, every lane runs the same number of full batches (the sentences left over are not run): a lane
+    with one batch more would run it alone at the end, on a machine half idle, and the rate would be that much
+    lower than that of lanes side by side."""
     batches = [score_jobs(seqs[i : i + batch]) for i in range(0, len(seqs), batch)]
-    predictions = sum(len(s) - 1 for s in seqs)
+    if lanes > 1:
+        full = [b for b in batches if len(b) == batch]
+        if len(full) >= lanes:
+            batches = full[: len(full) // lanes * lanes]
+    predictions = sum(len(job.ids) - 1 for b in batches for job in b)
 
     def lane(part: list[list[ScoreJob]]) -> None:
         if threads is not None:

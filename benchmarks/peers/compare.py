@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shutil
 import signal
@@ -314,11 +313,10 @@ class Ceiling:
         return now
 
     def figures(self) -> dict[tuple[int, int, int], tuple[float, float]]:
-        """Each point measured: (its best tokens/s, the milliseconds one of its batches takes at that rate)."""
-        return {
-            (n, t, b): (rate, 1000 * self._predictions / math.ceil(len(self._seqs) / b / n) / rate)
-            for (n, t, b), rate in self.best.items()
-        }
+        """Each point measured: (its best tokens/s, the milliseconds one of its batches, of sentences of the mean
+        length, takes at that rate, `n` of them side by side)."""
+        per_row = self._predictions / len(self._seqs)
+        return {(n, t, b): (rate, 1000 * n * b * per_row / rate) for (n, t, b), rate in self.best.items()}
 
     def _load(self) -> None:
         from benchmarks.engine import sentences_ids

@@ -350,6 +350,31 @@ def test_loop_cost_measures_the_http_layer_and_the_collector(gc_mode: bool) -> N
         assert saved.endswith("x")
 
 
+def test_lanes_in_process_run_the_same_number_of_full_batches() -> None:
+    """Side by side, every lane runs as many full batches as the others: a lane left with one more batch (or
+    a short last one) would run it alone at the end and lower the rate of lanes side by side."""
+    from benchmarks.engine import throughput
+
+    ran: list[tuple[int, int]] = []
+
+    class Runner:
+        def lane_width(self, wide: bool) -> None:
+            pass
+
+        def run(self, jobs):
+            ran.append((0, len(jobs)))
+            return [None] * len(jobs)
+
+    seqs = [[0, 1, 2]] * 11  # batches of 2: five full ones and a short one
+    assert throughput(Runner(), seqs, 2, repeats=1, lanes=2) > 0
+    # After one warm-up batch in each lane: four full batches, two for each lane (every other one), not five and
+    # the short one.
+    assert [n for _, n in ran[2:]] == [2, 2, 2, 2]
+    ran.clear()
+    throughput(Runner(), seqs, 2, repeats=1)  # one lane: every sentence, the short batch too
+    assert [n for _, n in ran[1:]] == [2, 2, 2, 2, 2, 1]
+
+
 def test_the_in_process_ceiling_measures_each_point_and_leaves_the_threads_as_they_were() -> None:
     import torch
 
