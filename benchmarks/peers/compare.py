@@ -314,7 +314,9 @@ class Ceiling:
 
     def figures(self) -> dict[tuple[int, int, int], tuple[float, float]]:
         """Each point measured: (its best tokens/s, the milliseconds one of its batches, of sentences of the mean
-        length, takes at that rate, `n` of them side by side)."""
+        length, takes at that rate, `n` of them side by side); none when nothing was measured."""
+        if not self.best:
+            return {}
         per_row = self._predictions / len(self._seqs)
         return {(n, t, b): (rate, 1000 * n * b * per_row / rate) for (n, t, b), rate in self.best.items()}
 

@@ -448,3 +448,10 @@ def test_the_ceiling_is_measured_after_each_setups_http_points_in_every_round(mo
     assert "| lmserve | 64 | 20.0 | 6,000 | 9,000 | 67% |" in out
     assert "| lmserve-1l | 64 | 20.0 | 4,000 | 5,000 | 80% |" in out
     assert "round 1  lmserve in process  conc. 64  2 x batch 20 on 1 thread(s): 6,000 tokens/s, HTTP 33% of it" in out
+    # Without a `/score` point there is nothing to hold against the engine, and the run still reports.
+    timeline.clear()
+    rates["lmserve"] = iter([])
+    answered["lmserve"] = iter([100, 100])
+    compare.main(["--peer-setups", "lmserve", "--endpoints", "/next-word", "--concurrency", "64", "--no-write"])
+    assert [kind for kind, *_ in timeline] == ["http", "http"]
+    assert "HTTP against the in-process engine" not in capsys.readouterr().out
