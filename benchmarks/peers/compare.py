@@ -290,10 +290,12 @@ def targets(results: dict[tuple[str, str, int], Point], engine: list[list[str]])
 
 class Ceiling:
     """The engine in process (`ModelRunner.run`, float32, `sentences` PTB test sentences) at (passes, threads,
-    batch) points: tokens/s of each point as measured when asked (the median of 3 passes over the sentences),
-    each point's best kept, as for the HTTP points. The run asks for a setup's points right after that setup's
-    HTTP points in every round, so that the shared machine's drift (the same setup moves by a quarter between runs
-    half an hour apart) weighs on the ceiling as it weighed on the HTTP figures it is held against."""
+    batch) points, `passes` batches at a time, each in its own thread with `threads` torch threads (as the
+    service's forward lanes, or its workers, run them under load): tokens/s of each point as measured when asked
+    (the median of 3 passes over the sentences), each point's best kept, as for the HTTP points. The run asks for
+    a setup's points right after that setup's HTTP points in every round, so that the shared machine's drift (the
+    same setup moves by a quarter between runs half an hour apart) weighs on the ceiling as it weighed on the HTTP
+    figures it is held against."""
 
     def __init__(self, model: str, data_dir: Path, sentences: int) -> None:
         self.model, self.data_dir, self.sentences = model, data_dir, sentences
@@ -331,19 +333,6 @@ class Ceiling:
         self._predictions = sum(len(s) - 1 for s in self._seqs)
         # Each pass sets its own threads.
         self._runner = ModelRunner(ckpt, Settings(model=self.model, device="cpu"))
-
-
-def engine_tokens_per_s(
-    model: str, data_dir: Path, points: Sequence[tuple[int, int, int]], sentences: int, rounds: int = 3
-) -> dict[tuple[int, int, int], tuple[float, float]]:
-    """In this process, for each (passes, threads, batch): `ModelRunner.run` (float32) on `sentences` PTB test
-    sentences in batches of that size, `passes` of them at a time, each in its own thread with `threads` torch
-    threads (as the service's forward lanes, or its workers, run them under load): tokens/s, and the
-    milliseconds one batch takes at that rate, each point's best of `rounds` rounds over all of them (`Ceiling`)."""
-    ceiling = Ceiling(model, data_dir, sentences)
-    for _ in range(rounds):
-        ceiling.measure(points)
-    return ceiling.figures()
 
 
 def sweep_litserve(model: str, run: Callable[[str, str, int, float], Point], seconds: float) -> tuple[list[str], list]:

@@ -378,11 +378,14 @@ def test_lanes_in_process_run_the_same_number_of_full_batches() -> None:
 def test_the_in_process_ceiling_measures_each_point_and_leaves_the_threads_as_they_were() -> None:
     import torch
 
-    from benchmarks.peers.compare import engine_tokens_per_s
+    from benchmarks.peers.compare import Ceiling
 
     threads = torch.get_num_threads()
     points = [(1, threads, 4), (2, 1, 4), (1, 1, 2)]
-    out = engine_tokens_per_s(str(REPO / "models" / "ptb-cpu"), common.DEFAULT_DATA_DIR, points, 16, rounds=2)
+    ceiling = Ceiling(str(REPO / "models" / "ptb-cpu"), common.DEFAULT_DATA_DIR, 16)
+    for _ in range(2):
+        ceiling.measure(points)
+    out = ceiling.figures()
     assert sorted(out) == sorted(points)
     assert all(rate > 0 and ms > 0 for rate, ms in out.values())
     assert torch.get_num_threads() == threads
