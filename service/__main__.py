@@ -20,6 +20,7 @@ from lm.checkpoint import CheckpointError, load_checkpoint
 from service.connection import KEEP_ALIVE_S, GuardedHttpToolsProtocol
 from service.logs import log_config
 from service.metrics import prepare_multiprocess
+from service.runner import one_thread
 from service.settings import Settings, settings_error
 
 WORKER_HEALTHCHECK_S = 60  # seconds a worker may take to answer the supervisor's ping (start-up included)
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {problem}", file=sys.stderr)
         return 2
     try:
-        load_checkpoint(settings.model)  # a bad checkpoint ends here with one line, before uvicorn starts
+        with one_thread():  # (no OpenMP team of this thread's beside the lanes': runner.py's docstring)
+            load_checkpoint(settings.model)  # a bad checkpoint ends here with one line, before uvicorn starts
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,9 +11,11 @@ import asyncio
 import logging
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -30,7 +32,7 @@ from service.limits import Limits
 from service.memory import release_memory_periodically, steady_heap
 from service.metrics import CONTENT_TYPE, Metrics
 from service.middleware import KEYED, Guard, GuardedRoute, RequestObserverMiddleware, endpoint_of
-from service.runner import ModelRunner
+from service.runner import ModelRunner, leave_threads_to_lanes
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
@@ -118,11 +120,18 @@ async def lifespan(app: FastAPI):
     """Load the checkpoint, warm the model up, start the engine; on the way out, finish the queue and stop."""
     state = app.state
     settings, metrics = state.settings, state.metrics
+    # Only the forward lanes run torch on several threads (runner.py's docstring: one OpenMP team per thread, and
+    # past the CPU count every team's workers sleep between the small steps of a pass). The threads they share are
+    # read here, before this thread and the worker threads (loading, answering) are set to one.
+    threads = settings.threads or torch.get_num_threads()
+    leave_threads_to_lanes()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="lm-worker", initializer=leave_threads_to_lanes))
     ckpt = await asyncio.to_thread(load_checkpoint, settings.model)
-    runner = ModelRunner(ckpt, settings, metrics)
-    await asyncio.to_thread(runner.warmup)
+    runner = ModelRunner(ckpt, settings.model_copy(update={"threads": threads}), metrics)
     engine = BatchingEngine(runner.run, metrics, settings, runner.lane_width, lanes=runner.lanes)
     await engine.start()
+    await engine.warm(runner.warmup)
     state.ckpt, state.runner, state.engine, state.encoder = ckpt, runner, engine, SentenceEncoder.for_checkpoint(ckpt)
     metrics.model_info.labels(ckpt.name, str(runner.device), runner.dtype_name).set(1)
     state.ready = True

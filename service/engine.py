@@ -151,10 +151,10 @@ class BatchingEngine(Generic[J, R]):
         self._lane_free = asyncio.Event()  # a pass ended
         self._task: asyncio.Task | None = None
         self._stopping = False
-        # One thread per lane, each running one batch at a time. With several lanes, `lane_width(wide)` is told in
-        # the lane's thread before each pass whether it runs alone (wide: the whole CPU is its) or beside others
-        # (its share): the runner sets its torch threads.
-        self.lane_width = lane_width if self.lanes > 1 else None
+        # One thread per lane, each running one batch at a time. `lane_width(wide)` is told in the lane's thread
+        # before each pass whether it runs alone (wide: the whole CPU is its) or beside others (its share): the
+        # runner sets its torch threads (with one lane, the same either way).
+        self.lane_width = lane_width
         # A thread of its own per lane, and a pass goes to the first free lane: a lone client's passes all run in
         # lane 0's thread, with the one OpenMP team that thread keeps (two threads taking turns would wake two).
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"lm-forward-{i}") for i in range(self.lanes)]
@@ -196,6 +196,18 @@ class BatchingEngine(Generic[J, R]):
         self._task = None
         for executor in self._executors:
             executor.shutdown(wait=True)
+
+    async def warm(self, warmup: Callable[[], object]) -> None:
+        """`warmup()` in each lane's thread in turn, at the width its passes take there (the first lane alone, the
+        others beside it), so that no lane's first pass pays for lazy initialisation."""
+        loop = asyncio.get_running_loop()
+        for lane, executor in enumerate(self._executors):
+            await loop.run_in_executor(executor, self._warm, warmup, lane == 0)
+
+    def _warm(self, warmup: Callable[[], object], wide: bool) -> None:
+        if self.lane_width is not None:
+            self.lane_width(wide)
+        warmup()
 
     async def admit(self, n: int) -> None:
         """QueueFullError if n jobs cannot be queued now: a caller asks before it prepares its jobs. Under

@@ -4,13 +4,23 @@ It owns the model on its device and dtype, splits a batch that runs out of devic
 state cache and refuses non-finite outputs. Each job type is a small dataclass with `ids` and `num_tokens`
 (all the engine reads), and the runner has one handler per type: a new kind of work (say, one generation step
 from a cached state) is a new job class and a new entry in `ModelRunner.handlers`.
+
+Threads. torch's CPU kernels run on OpenMP (GNU libgomp), which gives every thread that starts a parallel region
+a team of worker threads of its own, kept for the next region. Once the process holds more such threads than the
+machine has CPUs, libgomp stops letting idle workers spin: each sleeps at once between two regions and has to be
+woken for the next, and a small forward pass is hundreds of small regions (an LSTM step's matmul, its gates), so it
+slows down by up to half (a one-sentence pass of `ptb-cpu` on two threads, 2 CPUs: 3.4 ms with one team in the
+process, 6.0 ms with two). So only the forward lanes run torch on several threads, and their teams together stay
+within the threads the runner was given (`lane_threads`, `wide_threads`); every other thread (the event loop's,
+the loading and answering worker threads) runs torch on one (`leave_threads_to_lanes`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +92,29 @@ class NonFiniteOutputError(RuntimeError):
     """The model produced NaN or infinity: reported as an error, never returned as a number."""
 
 
+def leave_threads_to_lanes() -> None:
+    """The calling thread runs torch on one thread from now on (no OpenMP team of its own), and so do threads
+    started later until a lane sets its count: the service calls it in the event loop's thread before it loads
+    anything, and in each worker thread it starts (`ThreadPoolExecutor(initializer=...)`)."""
+    # torch sets a thread's count up on its first parallel call, to the count last set by any thread: asked
+    # first, so that the one set here stays this thread's.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread in the calling thread for the block, and its count as before after it: work done
+    before the lanes start (`python -m service` reading the checkpoint once to check it) leaves the thread no
+    OpenMP team of its own."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def default_lanes(device: torch.device, threads: int) -> int:
     """Forward lanes when the settings leave it open: two on a CPU with two or more torch threads (under load two
     one-thread passes lose less to the event loop's interruptions than one two-thread pass, which stalls on both
@@ -93,13 +126,17 @@ class ModelRunner:
     """The checkpoint on its device and dtype; `run(jobs)` is the engine's forward pass."""
 
     def __init__(self, ckpt: Checkpoint, settings: Settings, metrics: Metrics | None = None) -> None:
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
         self.device = resolve_device(settings.device)
-        # A pass beside others in the engine's lanes (threads running one batch each) gets its share of the threads.
-        self.threads = torch.get_num_threads()
+        # The threads its passes share: the settings' number, else the calling thread's torch count (torch's own
+        # choice for the machine, where the caller has not set it). The runner sets nothing in the calling thread:
+        # a pass sets its own count in its lane (`lane_width`).
+        self.threads = settings.threads or torch.get_num_threads()
         self.lanes = settings.forward_lanes or default_lanes(self.device, self.threads)
+        # A pass beside others in the engine's lanes (threads running one batch each) gets its share of the threads;
+        # a pass alone, every thread the other lanes' teams leave: each lane keeps the team of its widest pass, and
+        # all of them together (with the process's first thread) stay within `threads` (the module's docstring).
         self.lane_threads = max(1, self.threads // self.lanes)
+        self.wide_threads = max(self.lane_threads, self.threads - (self.lanes - 1) * (self.lane_threads - 1))
         self._cache_lock = threading.Lock()  # lanes look up and fill the prefix cache from their own threads
         self.ckpt = ckpt
         self.vocab = ckpt.vocab
@@ -117,9 +154,9 @@ class ModelRunner:
         }
 
     def lane_width(self, wide: bool) -> None:
-        """The engine's word before a pass in one of its lanes: alone (`wide`: every thread) or beside other passes
-        (the lane's share). torch's thread count belongs to the calling thread."""
-        torch.set_num_threads(self.threads if wide else self.lane_threads)
+        """The engine's word before a pass in one of its lanes: alone (`wide`: `wide_threads`) or beside other
+        passes (the lane's share, `lane_threads`). torch's thread count belongs to the calling thread."""
+        torch.set_num_threads(self.wide_threads if wide else self.lane_threads)
 
     def run(self, jobs: Sequence[RunnerJob]) -> list[RunnerResult]:
         """One result per job, in order: TokenScores for a ScoreJob, the next-token log-distribution (V,) for a

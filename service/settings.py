@@ -27,7 +27,13 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights and activations; the log-softmax is always float32"
     )
-    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch CPU threads the forward passes share (default: torch's choice); the rest of the "
+        "service runs torch on one",
+    )
     forward_lanes: int | None = Field(
         None,
         ge=1,

@@ -276,6 +276,18 @@ def test_bf16_accuracy_compares_every_prediction() -> None:
     assert "bf16 m" in out  # the verdict, either way
 
 
+def test_openmp_teams_counts_a_second_team_beside_the_passes() -> None:
+    """The benchmark's two set-ups are what they say: with the main thread on one torch thread, the pass's thread
+    leads the only team (one worker for two threads); with a parallel operation run in the main thread first,
+    a second team stays beside it."""
+    out = run("benchmarks.openmp_teams", "--threads", "2", "--sentences", "3", "--rounds", "1")
+    rows = {r[0]: r for r in table_rows(out)}
+    assert set(rows) == {"one team", "two teams"}
+    assert int(rows["one team"][3]) == 1 and int(rows["two teams"][3]) >= 2
+    assert all(float(r[1]) > 0 for r in rows.values())
+    assert "A second team in the process makes a pass" in out
+
+
 def test_scaling_benchmark_times_lengths_and_compositions() -> None:
     out = run("benchmarks.scaling", "--lengths", "1", "8", "--repeats", "1", "--short", "2", "--long", "8")
     rows = table_rows(out)

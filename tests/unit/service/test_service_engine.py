@@ -568,7 +568,9 @@ def test_one_lane_runs_one_batch_at_a_time() -> None:
     results, _ = run_engine(fake, body, fake.lane_width, max_batch_sequences=2, max_wait_ms=50)
     assert results == [[i] for i in range(1, 9)]
     assert overlapping(fake.passes) == 1
-    assert [p[3] for p in fake.passes] == [None] * 4  # one lane: its width is never changed
+    # One lane is told its width before each pass too (the runner sets the lane thread's torch threads: with one
+    # lane, all of them either way): alone only once nothing else is queued.
+    assert [p[3] for p in fake.passes] == [False, False, False, True]
 
 
 def test_a_batch_with_nothing_else_queued_runs_alone_on_every_thread() -> None:

@@ -97,10 +97,13 @@ def test_lanes_default_to_two_on_a_cpu_of_two_threads_or_more_and_one_elsewhere(
 
 
 def test_a_lane_takes_its_share_of_the_threads_in_its_own_thread(make_settings, service_ckpt) -> None:
+    """Beside another pass, a lane's share; alone, what the other lanes' teams leave (with the process's first
+    thread, the OpenMP teams stay within the threads: 1 + (3 - 1) + (2 - 1) = 4). The runner sets nothing in the
+    thread that builds it."""
     before = torch.get_num_threads()
     try:
         runner = ModelRunner(service_ckpt, make_settings(threads=4, forward_lanes=2))
-        assert (runner.threads, runner.lane_threads) == (4, 2)
+        assert (runner.threads, runner.lane_threads, runner.wide_threads) == (4, 2, 3)
         seen = {}
 
         def lane(wide: bool) -> None:
@@ -111,8 +114,11 @@ def test_a_lane_takes_its_share_of_the_threads_in_its_own_thread(make_settings, 
             t = threading.Thread(target=lane, args=(wide,))
             t.start()
             t.join()
-        assert seen == {False: 2, True: 4}
-        assert torch.get_num_threads() == 4  # the calling thread's own count is its own
-        assert ModelRunner(service_ckpt, make_settings(threads=3, forward_lanes=8)).lane_threads == 1
+        assert seen == {False: 2, True: 3}
+        assert torch.get_num_threads() == before  # the calling thread's own count is its own
+        narrow = ModelRunner(service_ckpt, make_settings(threads=3, forward_lanes=8))
+        assert (narrow.lane_threads, narrow.wide_threads) == (1, 3)  # one-thread lanes keep no team: all for one
+        alone = ModelRunner(service_ckpt, make_settings(threads=4, forward_lanes=1))
+        assert (alone.lane_threads, alone.wide_threads) == (4, 4)
     finally:
         torch.set_num_threads(before)
