@@ -37,10 +37,12 @@ from service.settings import Settings
 log = logging.getLogger("service.engine")
 
 DISCONNECT_POLL_S = 0.1  # how often the engine asks whether a waiting call's client is still there
-# The weight of each new call in the engine's estimate of how often a call comes within max_wait_ms of the one
-# before (about the last ten calls count); below COMPANY_LIKELY, a batch that is not full runs without waiting.
+# The weight of each new call in the engine's estimate of how often a call comes in company: within max_wait_ms
+# of the one before, and while other work is in hand (about the last ten calls count); below COMPANY_LIKELY, a
+# batch that is not full runs without waiting. A pair of clients whose calls alternate (one to an idle engine,
+# the other while it waits) holds the estimate near one in two: above the bar.
 COMPANY_WEIGHT = 0.1
-COMPANY_LIKELY = 0.5
+COMPANY_LIKELY = 0.25
 
 
 class Job(Protocol):
@@ -143,9 +145,9 @@ class BatchingEngine(Generic[J, R]):
         # (its client left, its call timed out) stops counting at once, though it leaves the deque only when
         # the worker reaches it (or when a purge clears out many such entries).
         self._live = 0
-        # How often a call has lately come within max_wait of the one before it (an exponential average, from
-        # 1: company is expected until calls are seen to come apart). Waiting for company pays only when it does.
-        self._company = 1.0
+        # How often a call has lately come in company (an exponential average, from twice COMPANY_LIKELY: company
+        # is expected until calls are seen to come alone, about seven). Waiting for company pays only when it comes.
+        self._company = 2 * COMPANY_LIKELY
         self._last_call = -float("inf")
         self._wakeup = asyncio.Event()  # a call was queued (or the engine is stopping)
         self._lane_free = asyncio.Event()  # a pass ended
@@ -288,7 +290,11 @@ class BatchingEngine(Generic[J, R]):
         loop = asyncio.get_running_loop()
         futures = []
         now = time.monotonic()
-        close = now - self._last_call < self.max_wait
+        # Company is a call that comes while others are queued or running. One that comes to an idle engine, however
+        # soon after the last, keeps none: a client alone, calling again as soon as it has its answer, is no
+        # company to itself (with answers quicker than max_wait_ms, it would otherwise wait on every call).
+        in_hand = self._live + sum(size for _, size in self._passes.values())
+        close = in_hand > 0 and now - self._last_call < self.max_wait
         self._company += COMPANY_WEIGHT * (close - self._company)
         self._last_call = now
         line: deque[_Entry[J]] = deque()

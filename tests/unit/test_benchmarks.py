@@ -288,6 +288,17 @@ def test_openmp_teams_counts_a_second_team_beside_the_passes() -> None:
     assert "A second team in the process makes a pass" in out
 
 
+def test_ab_runs_an_earlier_commits_server_against_the_working_trees() -> None:
+    """Both servers answer (an earlier commit's from a worktree of its own), and the worktree is gone after."""
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    out = run("benchmarks.ab", "HEAD", "--concurrency", "1", "--rounds", "1", "--seconds", "1", writes=False)
+    (row,) = table_rows(out)
+    assert row[0] == "1" and float(row[1]) > 0 and float(row[2]) > 0
+    assert re.search(r"round 1  c = 1  before \(\w+\): [\d.]+ req/s", out)
+    assert "round 1  c = 1  after (working tree)" in out
+    assert subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout == worktrees
+
+
 def test_scaling_benchmark_times_lengths_and_compositions() -> None:
     out = run("benchmarks.scaling", "--lengths", "1", "8", "--repeats", "1", "--short", "2", "--long", "8")
     rows = table_rows(out)
