@@ -115,6 +115,15 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def wide_threads(threads: int, lanes: int) -> int:
+    """The torch threads of a pass that runs alone in the first of `lanes` lanes sharing `threads`: every thread
+    the other lanes' teams leave (each keeps the team of its `threads // lanes`), so that all the teams, with the
+    process's first thread, hold at most `threads` (the module's docstring): all of them on two cores, 3 of 4
+    with two lanes, 9 of 16."""
+    share = max(1, threads // lanes)
+    return max(share, threads - (lanes - 1) * (share - 1))
+
+
 def default_lanes(device: torch.device, threads: int) -> int:
     """Forward lanes when the settings leave it open: two on a CPU with two or more torch threads (under load two
     one-thread passes lose less to the event loop's interruptions than one two-thread pass, which stalls on both
@@ -133,10 +142,9 @@ class ModelRunner:
         self.threads = settings.threads or torch.get_num_threads()
         self.lanes = settings.forward_lanes or default_lanes(self.device, self.threads)
         # A pass beside others in the engine's lanes (threads running one batch each) gets its share of the threads;
-        # a pass alone, every thread the other lanes' teams leave: each lane keeps the team of its widest pass, and
-        # all of them together (with the process's first thread) stay within `threads` (the module's docstring).
+        # a pass alone, every thread the other lanes' teams leave (`wide_threads`).
         self.lane_threads = max(1, self.threads // self.lanes)
-        self.wide_threads = max(self.lane_threads, self.threads - (self.lanes - 1) * (self.lane_threads - 1))
+        self.wide_threads = wide_threads(self.threads, self.lanes)
         self._cache_lock = threading.Lock()  # lanes look up and fill the prefix cache from their own threads
         self.ckpt = ckpt
         self.vocab = ckpt.vocab

@@ -45,7 +45,7 @@ import httpx
 import torch
 
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
-from service.runner import default_lanes
+from service.runner import default_lanes, wide_threads
 
 PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-1l", "no-batching", "litserve", "ray-serve")
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
@@ -215,14 +215,16 @@ def engine_point(setup: str, concurrency: int, batch: float, threads: int) -> tu
     """(passes, threads, batch): how the in-process engine runs to compare with `setup` at that concurrency, where
     the service formed batches of `batch` on average, on a machine whose torch has `threads` threads: as many
     passes side by side as the setup has lanes or workers and the clients fill (64 clients, batches of 11: 2;
-    one client: 1), each with its share of the threads (a lone pass of `lmserve` runs on every thread) or,
-    for `lmserve-2w`, one."""
+    one client: 1), each with its share of the threads (a lone pass of `lmserve` on the threads the service gives
+    it, `service.runner.wide_threads`: every thread on two cores) or, for `lmserve-2w`, one."""
     ours = OUR_SETUPS[setup]
     rows = max(1, round(batch))
     # Two workers' passes are two threads of one process in the measurement (the forward pass is nearly all
     # kernels).
-    passes = max(1, min(ours.workers * ours.lanes_on(threads), concurrency // rows))
-    return passes, ours.threads or max(1, threads // passes), rows
+    lanes = ours.lanes_on(threads)
+    passes = max(1, min(ours.workers * lanes, concurrency // rows))
+    alone = wide_threads(threads, lanes)
+    return passes, ours.threads or (alone if passes == 1 else max(1, threads // passes)), rows
 
 
 def engine_measured(results: dict[tuple[str, str, int], Point]) -> list[tuple[str, int, Point]]:
@@ -237,7 +239,7 @@ def engine_points(results: dict[tuple[str, str, int], Point], threads: int) -> l
 
 def engine_rows(
     results: dict[tuple[str, str, int], Point],
-    engine: dict[tuple[int, int, int], tuple[float, float]],
+    engine: dict[tuple[str, int, int, int], tuple[float, float]],
     tokens: dict[str, float],
     threads: int,
 ) -> list[list[str]]:
@@ -246,7 +248,7 @@ def engine_rows(
     rows = []
     for s, c, p in engine_measured(results):
         http = p.rps * tokens["/score 1"]
-        inproc, inproc_ms = engine[engine_point(s, c, p.batch, threads)]
+        inproc, inproc_ms = engine[(s, *engine_point(s, c, p.batch, threads))]
         rows.append(
             [
                 s,
@@ -299,11 +301,13 @@ class Ceiling:
 
     def __init__(self, model: str, data_dir: Path, sentences: int) -> None:
         self.model, self.data_dir, self.sentences = model, data_dir, sentences
-        self.best: dict[tuple[int, int, int], float] = {}
+        self.best: dict[tuple[str, int, int, int], float] = {}  # (setup, passes, threads, batch) -> tokens/s
         self._runner = None
 
-    def measure(self, points: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], float]:
-        """Each point once (in order, each once): its tokens/s now, also kept if it is the point's best."""
+    def measure(self, setup: str, points: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], float]:
+        """Each point once (in order, each once), for `setup`: its tokens/s now, also kept if it is the best of
+        that setup's rounds. A point two setups share (one client: one pass alone on every thread) keeps a best
+        for each, so that each side of every ratio is the best of as many rounds as the other."""
         from benchmarks.engine import throughput
 
         if self._runner is None:
@@ -311,16 +315,16 @@ class Ceiling:
         now = {}
         for n, t, b in sorted(set(points)):
             now[n, t, b] = throughput(self._runner, self._seqs, b, repeats=3, lanes=n, threads=t)
-            self.best[n, t, b] = max(now[n, t, b], self.best.get((n, t, b), 0.0))
+            self.best[setup, n, t, b] = max(now[n, t, b], self.best.get((setup, n, t, b), 0.0))
         return now
 
-    def figures(self) -> dict[tuple[int, int, int], tuple[float, float]]:
-        """Each point measured: (its best tokens/s, the milliseconds one of its batches, of sentences of the mean
-        length, takes at that rate, `n` of them side by side); none when nothing was measured."""
+    def figures(self) -> dict[tuple[str, int, int, int], tuple[float, float]]:
+        """Each (setup, point) measured: (its best tokens/s, the milliseconds one of its batches, of sentences of
+        the mean length, takes at that rate, `n` of them side by side); none when nothing was measured."""
         if not self.best:
             return {}
         per_row = self._predictions / len(self._seqs)
-        return {(n, t, b): (rate, 1000 * n * b * per_row / rate) for (n, t, b), rate in self.best.items()}
+        return {(s, n, t, b): (rate, 1000 * n * b * per_row / rate) for (s, n, t, b), rate in self.best.items()}
 
     def _load(self) -> None:
         from benchmarks.engine import sentences_ids
@@ -444,7 +448,7 @@ def main(argv: list[str]) -> None:
                 stop(proc)
             # The engine in process at this round's batches, now, while the machine is as the server found it.
             for (s, c, p), (n, t, b) in zip(engine_measured(now), engine_points(now, threads), strict=True):
-                rate = ceiling.measure([(n, t, b)])[n, t, b]
+                rate = ceiling.measure(s, [(n, t, b)])[n, t, b]
                 print(
                     f"round {r + 1}  {s} in process  conc. {c}  {n} x batch {b} on {t} thread(s): {rate:,.0f} "
                     f"tokens/s, HTTP {p.rps * tokens['/score 1'] / rate:.0%} of it",
@@ -487,9 +491,10 @@ def main(argv: list[str]) -> None:
         body += (
             "\n\nHTTP against the in-process engine (`ModelRunner.run`, float32, PTB test sentences, the median of 3 "
             "passes over them; measured in every round right after the setup's HTTP points, at the batches the "
-            "service formed there, each point's best round kept, as for HTTP) at the mean "
+            "service formed there, the setup's best round kept, as for HTTP) at the mean "
             "batch the service formed at that concurrency, run as the setup runs it (`lmserve`: two batches at a "
-            "time, one thread each, where the clients are enough to fill two, a lone one on every thread; "
+            "time, one thread each, where the clients are enough to fill two, a lone one on the threads the other "
+            "lane leaves, every thread on two cores; "
             "`lmserve-1l`: one batch, on every thread; `lmserve-2w`: like `lmserve`, but a lone "
             "batch also on one thread, its worker's), and one forward pass of such a batch "
             "in each (in the server, the mean of its `lmserve_batch_inference_duration_seconds` over the run):\n\n"

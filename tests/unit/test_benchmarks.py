@@ -195,6 +195,9 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     assert engine_point("lmserve", 64, 31.6, 4) == (2, 2, 32)  # four threads: two lanes of two
     assert engine_point("lmserve", 64, 31.6, 1) == (1, 1, 32)  # one thread: one lane
     assert engine_point("lmserve-1l", 64, 31.6, 4) == (1, 4, 32)
+    # A lone pass on four threads runs as the service runs it: on the 3 the other lane's team leaves; one lane: 4.
+    assert engine_point("lmserve", 1, 1.0, 4) == (1, 3, 1)
+    assert engine_point("lmserve-1l", 1, 1.0, 4) == (1, 4, 1)
     # The servers themselves: the defaults, whatever the caller's environment says of what a setup describes;
     # two workers of one thread each (one lane each, the service's choice); one lane.
     cmd, env = command("lmserve", 8000, "m")
@@ -207,7 +210,12 @@ def test_peer_comparison_takes_ratios_and_targets_within_the_run() -> None:
     assert environment("lmserve-2w", env, caller) == {"LMSERVE_THREADS": "1", "PATH": "/bin"}
     cmd, env = command("lmserve-1l", 8000, "m")
     assert "--workers" not in cmd and env == {"LMSERVE_FORWARD_LANES": "1"}
-    inproc = {(2, 1, 32): (15000.0, 42.0), (1, 2, 15): (12000.0, 50.0)}
+    # Each setup's own in-process measurements (a point another setup shares is that setup's, not this one's).
+    inproc = {
+        ("lmserve", 2, 1, 32): (15000.0, 42.0),
+        ("lmserve-1l", 1, 2, 15): (12000.0, 50.0),
+        ("lmserve", 1, 2, 15): (99000.0, 5.0),
+    }
     engine = engine_rows(results, inproc, {"/score 1": 20.0, "/next-word": 1.0}, 2)
     assert engine == [
         ["lmserve", "64", "31.6", "12,000", "15,000", "80%", "60.0", "42.0"],
@@ -407,9 +415,10 @@ def test_the_in_process_ceiling_measures_each_point_and_leaves_the_threads_as_th
     points = [(1, threads, 4), (2, 1, 4), (1, 1, 2)]
     ceiling = Ceiling(str(REPO / "models" / "ptb-cpu"), common.DEFAULT_DATA_DIR, 16)
     for _ in range(2):
-        ceiling.measure(points)
+        ceiling.measure("a", points)
+    ceiling.measure("b", points[:1])  # another setup's measurement of a point both run: its own best
     out = ceiling.figures()
-    assert sorted(out) == sorted(points)
+    assert sorted(out) == sorted([("a", *p) for p in points] + [("b", *points[0])])
     assert all(rate > 0 and ms > 0 for rate, ms in out.values())
     assert torch.get_num_threads() == threads
 
@@ -443,11 +452,12 @@ def test_the_ceiling_is_measured_after_each_setups_http_points_in_every_round(mo
         return {"requests": n, "status": 0, "duration_us": 1e6, "p50_us": 1000, "p99_us": 2000,
                 "connect": 0, "read": 0, "write": 0, "timeout": 0}  # fmt: skip
 
-    def measure(self, points):
+    def measure(self, setup, points):
         ((n, t, b),) = points
+        assert setup == current[0]
         rate = next(rates[current[0]])
         timeline.append(("engine", current[0], (n, t, b)))
-        self.best[n, t, b] = max(rate, self.best.get((n, t, b), 0.0))
+        self.best[setup, n, t, b] = max(rate, self.best.get((setup, n, t, b), 0.0))
         self._seqs, self._predictions = [[0, 1]] * 40, 40
         return {(n, t, b): rate}
 
@@ -481,3 +491,14 @@ def test_the_ceiling_is_measured_after_each_setups_http_points_in_every_round(mo
     compare.main(["--peer-setups", "lmserve", "--endpoints", "/next-word", "--concurrency", "64", "--no-write"])
     assert [kind for kind, *_ in timeline] == ["http", "http"]
     assert "HTTP against the in-process engine" not in capsys.readouterr().out
+    # A point both setups run (one client: a pass alone on both threads) keeps each setup's own best: each side of
+    # a ratio is the best of as many rounds as the other.
+    timeline.clear()
+    rates.update({"lmserve": iter([6000.0, 7000.0]), "lmserve-1l": iter([9000.0, 5000.0])})
+    answered.update({"lmserve": iter([300, 300]), "lmserve-1l": iter([300, 300])})
+    compare.main(["--peer-setups", "lmserve", "lmserve-1l", "--endpoints", "/score 1", "--concurrency", "1",
+                  "--rounds", "2", "--no-write"])  # fmt: skip
+    assert {point for kind, _, point in timeline if kind == "engine"} == {(1, 2, 20)}
+    out = capsys.readouterr().out
+    assert "| lmserve | 1 | 20.0 | 6,000 | 7,000 | 86% |" in out
+    assert "| lmserve-1l | 1 | 20.0 | 6,000 | 9,000 | 67% |" in out
