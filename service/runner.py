@@ -9,10 +9,11 @@ Threads. torch's CPU kernels run on OpenMP (GNU libgomp), which gives every thre
 a team of worker threads of its own, kept for the next region. Once the process holds more such threads than the
 machine has CPUs, libgomp stops letting idle workers spin: each sleeps at once between two regions and has to be
 woken for the next, and a small forward pass is hundreds of small regions (an LSTM step's matmul, its gates), so it
-slows down by up to half (a one-sentence pass of `ptb-cpu` on two threads, 2 CPUs: 3.4 ms with one team in the
-process, 6.0 ms with two). So only the forward lanes run torch on several threads, and their teams together stay
-within the threads the runner was given (`lane_threads`, `wide_threads`); every other thread (the event loop's,
-the loading and answering worker threads) runs torch on one (`leave_threads_to_lanes`).
+slows down by up to half (a one-sentence pass of `ptb-cpu` on two threads, 2 CPUs: 3.8 ms with one team in the
+process, 6.6 ms with two; `python -m benchmarks.openmp_teams`). So only the forward lanes run torch on several
+threads, and their teams together stay within the threads the runner was given (`lane_threads`, `wide_threads`);
+every other thread (the event loop's, the loading and answering worker threads) runs torch on one
+(`leave_threads_to_lanes`).
 """
 
 from __future__ import annotations
