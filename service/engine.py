@@ -6,11 +6,11 @@ by. What a job means is the business of the `run_batch(jobs) -> results` functio
 `await engine.run(jobs, timeout=..., is_disconnected=...)` is the entry point: it queues one entry per job, each
 with its own future, and waits for the results. One worker task gathers entries until the batch is full (by jobs
 or by padded tokens, rows x longest) or the oldest entry has waited `max_wait_ms` (at once, when calls have lately
-been coming further apart than that: waiting would only delay them), sorts them by size so that little padding is
-computed, runs the batch in a worker thread (off the event loop) and resolves each future. With
-`forward_lanes` > 1, up to that many batches run at once, each in a thread of its own; a lane takes its share of
-the work in hand (queued and running jobs over the lanes), and a batch with nothing else to do runs alone on
-every thread (`lane_width`).
+come without company: too far apart, or each to an idle engine; waiting would only delay them), sorts them by
+size so that little padding is computed, runs the batch in a worker thread (off the event loop) and resolves each
+future. With `forward_lanes` > 1, up to that many batches run at once, each in a thread of its own; a lane takes
+its share of the work in hand (queued and running jobs over the lanes), and a batch with nothing else to do runs
+alone, wide (`lane_width`: the runner gives it the threads the other lanes leave).
 The queue is fair between calls: each call's jobs wait in their own line, and a batch takes one job from each
 line in turn, so a call of one sentence arriving behind a call of 200 rides in the next batch, not after the
 200. A batch that raises fails its own jobs only; the worker carries on. The queue is bounded, and a call is
@@ -419,7 +419,7 @@ class BatchingEngine(Generic[J, R]):
             batch = self._take(min(self.max_batch_sequences, share))
             if not batch:
                 continue
-            # Nothing else to do: the batch runs alone, on every thread (a lone client is not slowed by lanes).
+            # Nothing else to do: the batch runs alone, wide (a lone client is not slowed by lanes).
             self._wide = wide = self.lane_width is not None and not self._passes and not self._live
             busy = {lane for lane, _ in self._passes.values()}
             lane = next(i for i in range(self.lanes) if i not in busy)
