@@ -420,10 +420,29 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "lane-threads",
         RUNNER,
-        "torch.set_num_threads(self.threads if wide else self.lane_threads)",
-        "torch.set_num_threads(self.threads)",
+        "torch.set_num_threads(self.wide_threads if wide else self.lane_threads)",
+        "torch.set_num_threads(self.wide_threads)",
         ("tests/unit/service/test_service_lanes.py::test_a_lane_takes_its_share_of_the_threads_in_its_own_thread",),
         "a pass beside others takes every thread too",
+    ),
+    Mutation(
+        "wide-every-thread",
+        RUNNER,
+        "return max(share, threads - (lanes - 1) * (share - 1))",
+        "return threads",
+        (
+            "tests/unit/service/test_service_lanes.py::test_a_lane_takes_its_share_of_the_threads_in_its_own_thread",
+            "tests/unit/service/test_service_threads.py",
+        ),
+        "a pass alone takes every thread, beside the teams the other lanes keep (more OpenMP threads than threads)",
+    ),
+    Mutation(
+        "company-from-idle",
+        ENGINE,
+        "close = in_hand > 0 and now - self._last_call < self.max_wait",
+        "close = now - self._last_call < self.max_wait",
+        (f"{ENGINE_TESTS}::test_a_client_alone_calling_again_at_once_is_no_company_to_itself",),
+        "a call to an idle engine counts as company (a client alone with quick answers waits on every call)",
     ),
     Mutation(
         "non-finite",
