@@ -21,18 +21,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks import common
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, machine, start_server, stop_server, table
 from benchmarks.http_load import LUA, batch_totals, body_pools, load, wait_idle
 
 
 def measure(repo: Path, env: dict[str, str], path: str, bodies: Path, script: Path, conc: int, seconds: float) -> dict:
     """One server from `repo`, one closed-loop point at `path`: requests/s, p50 ms, forward ms, mean batch."""
-    common.REPO = repo  # start_server runs `python -m service` there
-    try:
-        proc, base = start_server([], env)
-    finally:
-        common.REPO = REPO
+    proc, base = start_server([], env, cwd=repo)
     try:
         load(base, path, bodies, script, conc, 1)  # warm-up
         wait_idle(base)

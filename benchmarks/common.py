@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -178,13 +179,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: Sequence[str] = (), env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """`python -m service` as a user starts it, on a free port of 127.0.0.1; returns once /readyz says ready."""
+def foreign_threads() -> int:
+    """This process's threads that Python did not start and that bear the process's name: OpenMP's workers (and
+    OpenBLAS's, which numpy starts on import: count them before, as a baseline). Linux only (/proc)."""
+    own = Path(f"/proc/self/task/{os.getpid()}/comm").read_text()
+    names = [Path(f"/proc/self/task/{t}/comm").read_text() for t in os.listdir("/proc/self/task")]
+    return names.count(own) - len(threading.enumerate())
+
+
+def start_server(
+    args: Sequence[str] = (), env: dict[str, str] | None = None, cwd: Path = REPO
+) -> tuple[subprocess.Popen, str]:
+    """`python -m service` as a user starts it (from the checkout `cwd`: its code and bundled model), on a free
+    port of 127.0.0.1; returns once /readyz says ready."""
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         if proc.poll() is not None:

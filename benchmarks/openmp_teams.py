@@ -33,22 +33,18 @@ from benchmarks.common import DEFAULT_DATA_DIR, REPO, table, write_section
 MODES = {"one team": "one", "two teams": "two"}
 
 CHILD = r"""
-import json, os, statistics, sys, threading, time
+import json, statistics, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import torch
+from benchmarks.common import foreign_threads
 from benchmarks.engine import score_jobs, sentences_ids
 from lm.checkpoint import load_checkpoint
 from service.runner import ModelRunner, leave_threads_to_lanes
 from service.settings import Settings
 
-def native():
-    own = open(f"/proc/self/task/{os.getpid()}/comm").read()
-    names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
-    return names.count(own) - len(threading.enumerate())
-
 mode, model, data, threads, count = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-base = native()
+base = foreign_threads()
 if mode == "two":
     torch.set_num_threads(threads)
     torch.log_softmax(torch.randn(64, 10000), -1)  # one parallel region: this thread's team
@@ -70,7 +66,7 @@ def passes():
 
 with ThreadPoolExecutor(1) as lane:
     ms = lane.submit(passes).result()
-    print(json.dumps({"ms": ms, "workers": native() - base}))
+    print(json.dumps({"ms": ms, "workers": foreign_threads() - base}))
 """
 
 

@@ -54,6 +54,7 @@ class Job(Protocol):
 
 J = TypeVar("J", bound=Job)
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class EngineError(Exception):
@@ -204,12 +205,7 @@ class BatchingEngine(Generic[J, R]):
         others beside it), so that no lane's first pass pays for lazy initialisation."""
         loop = asyncio.get_running_loop()
         for lane, executor in enumerate(self._executors):
-            await loop.run_in_executor(executor, self._warm, warmup, lane == 0)
-
-    def _warm(self, warmup: Callable[[], object], wide: bool) -> None:
-        if self.lane_width is not None:
-            self.lane_width(wide)
-        warmup()
+            await loop.run_in_executor(executor, self._in_lane, lane == 0, warmup)
 
     async def admit(self, n: int) -> None:
         """QueueFullError if n jobs cannot be queued now: a caller asks before it prepares its jobs. Under
@@ -432,10 +428,11 @@ class BatchingEngine(Generic[J, R]):
         self._wide = False
         self._lane_free.set()
 
-    def _in_lane(self, jobs: list[J], wide: bool) -> list[R]:
+    def _in_lane(self, wide: bool, work: Callable[..., T], *args: object) -> T:
+        """`work(*args)` in a lane's thread, told first how wide its pass runs."""
         if self.lane_width is not None:
             self.lane_width(wide)
-        return self.run_batch(jobs)
+        return work(*args)
 
     async def _pass(self, batch: list[_Entry[J]], trigger: str, wide: bool, lane: int) -> None:
         """One forward pass in a lane's thread; each entry's future gets its result or the batch's exception."""
@@ -448,7 +445,9 @@ class BatchingEngine(Generic[J, R]):
         jobs = [e.job for e in batch]
         try:
             executor = self._executors[lane]
-            results = await asyncio.get_running_loop().run_in_executor(executor, self._in_lane, jobs, wide)
+            results = await asyncio.get_running_loop().run_in_executor(
+                executor, self._in_lane, wide, self.run_batch, jobs
+            )
             if len(results) != len(jobs):
                 raise RuntimeError(f"the forward pass gave {len(results)} results for {len(jobs)} jobs")
         except Exception as e:  # the batch fails, the engine does not

@@ -294,10 +294,10 @@ class Ceiling:
     """The engine in process (`ModelRunner.run`, float32, `sentences` PTB test sentences) at (passes, threads,
     batch) points, `passes` batches at a time, each in its own thread with `threads` torch threads (as the
     service's forward lanes, or its workers, run them under load): tokens/s of each point as measured when asked
-    (the median of 3 passes over the sentences), each point's best kept, as for the HTTP points. The run asks for
-    a setup's points right after that setup's HTTP points in every round, so that the shared machine's drift (the
-    same setup moves by a quarter between runs half an hour apart) weighs on the ceiling as it weighed on the HTTP
-    figures it is held against."""
+    (the median of 3 passes over the sentences), each setup's best of a point kept, as for the HTTP points. The
+    run asks for a setup's points right after that setup's HTTP points in every round, so that the shared
+    machine's drift (the same setup moves by a quarter between runs half an hour apart) weighs on the ceiling as it
+    weighed on the HTTP figures it is held against."""
 
     def __init__(self, model: str, data_dir: Path, sentences: int) -> None:
         self.model, self.data_dir, self.sentences = model, data_dir, sentences

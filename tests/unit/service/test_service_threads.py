@@ -14,20 +14,17 @@ import sys
 import pytest
 from service_helpers import REPO_ROOT
 
+from benchmarks.common import free_port
+
 # Runs `python -m service` in this process's main thread, as the command does; a thread of its own drives it and
-# counts, then stops it. A thread that Python did not start and that bears the process's name is a worker of
-# OpenMP's (or of OpenBLAS's, which numpy starts on import: counted before, as the baseline).
+# counts (`foreign_threads`: OpenMP's workers, and OpenBLAS's, counted before as the baseline), then stops it.
 SCRIPT = r"""
 import json, os, signal, sys, threading, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 import service.__main__ as cli
+from benchmarks.common import foreign_threads
 
-def native():
-    own = open(f"/proc/self/task/{os.getpid()}/comm").read()
-    names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
-    return names.count(own) - len(threading.enumerate())
-
-base, port = native(), int(sys.argv[1])
+base, port = foreign_threads(), int(sys.argv[1])
 
 def post(path, body):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
@@ -53,7 +50,7 @@ def drive():
         post("/score", {"sentences": [text] * 200, "per_token": True})  # an answer built in a worker thread
         post("/v1/completions", {"prompt": text, "max_tokens": 4, "logprobs": 5})
         time.sleep(0.5)
-        print(json.dumps({"workers": native() - base}), flush=True)
+        print(json.dumps({"workers": foreign_threads() - base}), flush=True)
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -67,11 +64,7 @@ def test_the_servers_openmp_workers_fit_in_its_threads(threads: int, lanes: int)
     """At most threads - 1 workers: the lanes' teams (a lane's own thread leads its team) and nothing else's,
     with two lanes of four threads too (a pass alone there takes three: the threads the other lane's team
     leaves)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "LMSERVE_THREADS": str(threads), "LMSERVE_FORWARD_LANES": str(lanes)}
     env.pop("OMP_NUM_THREADS", None)
     out = subprocess.run(
