@@ -8,8 +8,10 @@ The earlier commit is checked out in a temporary git worktree (its own code and 
 starts each server as a user does (`python -m service`, the same settings and `--env` for both), drives it with
 the closed loop of `benchmarks.http_load` (wrk where installed, its requests: one PTB test sentence per `/score`,
 or a prefix of one with top_k 10 per `/next-word`) at each concurrency after a 1 s warm-up, and stops it; the
-order of the two is reversed every other round. Printed: each round's requests/s, p50 and the mean forward pass
-the server timed (`lmserve_batch_inference_duration_seconds`), then the medians over the rounds and their ratio.
+order of the two is reversed every other round. Printed: each round's requests/s, p50, the mean forward pass
+the server timed (`lmserve_batch_inference_duration_seconds`) and the CPU milliseconds its event loop (the main
+thread) spent per answered request (`benchmarks.profile_server --cpu`'s measure: what the HTTP layer costs, less
+noisy on a shared machine than requests/s), then the medians over the rounds and their ratio.
 It writes nothing into the docs: a change's row in docs/benchmarks.md quotes it with its command.
 """
 
@@ -23,16 +25,18 @@ from pathlib import Path
 
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, machine, start_server, stop_server, table
 from benchmarks.http_load import LUA, batch_totals, body_pools, load, wait_idle
+from benchmarks.profile_server import cpu_per_request
 
 
 def measure(repo: Path, env: dict[str, str], path: str, bodies: Path, script: Path, conc: int, seconds: float) -> dict:
-    """One server from `repo`, one closed-loop point at `path`: requests/s, p50 ms, forward ms, mean batch."""
+    """One server from `repo`, one closed-loop point at `path`: requests/s, p50 ms, forward ms, mean batch, and the
+    event loop's CPU ms per answered request."""
     proc, base = start_server([], env, cwd=repo)
     try:
         load(base, path, bodies, script, conc, 1)  # warm-up
         wait_idle(base)
         s0, n0, t0 = batch_totals(base)
-        out = load(base, path, bodies, script, conc, seconds)
+        out, cpu = cpu_per_request(proc.pid, lambda: load(base, path, bodies, script, conc, seconds))
         s1, n1, t1 = batch_totals(base)
     finally:
         stop_server(proc)
@@ -42,6 +46,7 @@ def measure(repo: Path, env: dict[str, str], path: str, bodies: Path, script: Pa
         "p50": out["p50_us"] / 1000,
         "forward": 1000 * (t1 - t0) / passes,
         "batch": (s1 - s0) / passes,
+        "loop": cpu["event loop"],
     }
 
 
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                         seen[name, conc].append(point)
                         print(
                             f"round {r + 1}  c = {conc}  {name}: {point['rps']:.1f} req/s, p50 {point['p50']:.1f} ms, "
-                            f"forward {point['forward']:.2f} ms (batch {point['batch']:.1f})",
+                            f"forward {point['forward']:.2f} ms (batch {point['batch']:.1f}), "
+                            f"event loop {point['loop']:.3f} CPU ms a request",
                             flush=True,
                         )
         finally:
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for conc in args.concurrency:
-        keys = ("rps", "p50", "forward")
+        keys = ("rps", "p50", "forward", "loop")
         med = {s: {k: statistics.median(x[k] for x in seen[s, conc]) for k in keys} for s in servers}
         b, a = med[f"before ({rev})"], med["after (working tree)"]
         rows.append(
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{a['rps'] / b['rps']:.2f}x",
                 f"{b['p50']:.1f} / {a['p50']:.1f}",
                 f"{b['forward']:.2f} / {a['forward']:.2f}",
+                f"{b['loop']:.3f} / {a['loop']:.3f}",
             ]
         )
     settings = " ".join(args.env) or "the defaults"
@@ -105,7 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{machine()}; {args.endpoint} (as benchmarks.http_load sends it), {settings}; medians of {args.rounds} "
         f"alternated rounds of {args.seconds:g} s:\n"
     )
-    header = ["conc.", f"before ({rev}) req/s", "after req/s", "after / before", "p50 ms", "forward ms"]
+    header = [
+        "conc.",
+        f"before ({rev}) req/s",
+        "after req/s",
+        "after / before",
+        "p50 ms",
+        "forward ms",
+        "event loop CPU ms / request",
+    ]
     print(table(header, rows))
 
 

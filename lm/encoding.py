@@ -44,10 +44,21 @@ class SentenceEncoder:
 
     def encode(self, words: Sequence[str], add_eos: bool = False) -> Encoded:
         """`<eos>`, then the words (OOVs as `<unk>`), then `<eos>` again if `add_eos`."""
-        vocab = self.vocab
-        oov = [w for w in words if w not in vocab]
-        tokens = [w if w in vocab else UNK for w in words] + ([EOS] if add_eos else [])
-        return Encoded(tokens, oov, [vocab.eos_id, *vocab.encode(tokens)])
+        vocab, stoi = self.vocab, self.vocab.stoi
+        tokens, oov, ids = [], [], [vocab.eos_id]
+        for w in words:  # one pass, plain dict lookups: a request's words are encoded on the event loop
+            i = stoi.get(w)
+            if i is None:
+                oov.append(w)
+                tokens.append(UNK)
+                ids.append(vocab.unk_id)
+            else:
+                tokens.append(w)
+                ids.append(i)
+        if add_eos:
+            tokens.append(EOS)
+            ids.append(vocab.eos_id)
+        return Encoded(tokens, oov, ids)
 
     def token(self, word: str, normalize: bool = True) -> str | None:
         """The vocabulary token `word` stands for, or None: normalised like text (normalize=False: as written),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +29,11 @@ def _sorted_padded(sequences: Sequence[Sequence[int]], device: torch.device) -> 
     right-padded with zeros into ids (B, longest) on `device`."""
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     lengths = [len(sequences[i]) for i in order]
-    ids = torch.zeros(len(order), max(lengths, default=0), dtype=torch.long)
-    for row, i in enumerate(order):
-        ids[row, : lengths[row]] = torch.as_tensor(sequences[i], dtype=torch.long)
+    longest = max(lengths, default=0)
+    # One tensor from padded Python lists (one op, not two per row: a batch's rows are many small sequences).
+    listed = [s.tolist() if isinstance(s, Tensor) else list(s) for s in sequences]
+    rows = [listed[i] + [0] * (longest - n) for i, n in zip(order, lengths, strict=True)]
+    ids = torch.tensor(rows, dtype=torch.long).reshape(len(order), longest)
     return order, lengths, ids.to(device)
 
 
@@ -68,6 +71,12 @@ class TokenScores:
     ranks: Tensor | None = None  # (n,) int64
     top_logprobs: Tensor | None = None  # (n, k) float32, most probable first
     top_ids: Tensor | None = None  # (n, k) int64
+
+    @cached_property
+    def total(self) -> float:
+        """The sum of `logprobs` in float64: the sequence's log-probability (computed once, where first asked:
+        the service's runner asks in its forward thread, so that the event loop runs no tensor op for it)."""
+        return float(self.logprobs.double().sum())
 
 
 @torch.inference_mode()
@@ -107,16 +116,17 @@ def score_tokens(
         # The alternatives come from the same float32 row as the target's log-prob: equal values, bit for bit.
         top_v, top_i = torch.topk(logdist, k, dim=-1) if k else (empty, empty.long())
         columns += [top_v.cpu(), top_i.cpu()]
-        offset = 0
-        for row, n in enumerate(counts):
-            if n > 0:
-                out[order[row]].append(tuple(c[offset : offset + n] for c in columns))
-                offset += n
+        # Each row's part of each column, as views: one split per column, not one slice per row and column.
+        rows = [row for row, n in enumerate(counts) if n > 0]
+        sizes = [counts[row] for row in rows]
+        for row, *part in zip(rows, *(c.split(sizes) for c in columns), strict=True):
+            out[order[row]].append(tuple(part))
     results = []
     for parts in out:
         if not parts:  # a one-token sequence: nothing predicted
             parts = [(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, k), torch.zeros(0, k).long())]
-        lps, rks, tvs, tis = (torch.cat(column) for column in zip(*parts, strict=True))
+        # A sequence scored in one chunk (most) has one part: its views as they are; several are concatenated.
+        lps, rks, tvs, tis = parts[0] if len(parts) == 1 else (torch.cat(column) for column in zip(*parts, strict=True))
         results.append(TokenScores(lps, rks if ranks else None, tvs if k else None, tis if k else None))
     return results
 

@@ -11,6 +11,11 @@ per connection:
   408 and closed (a slow-loris client holds a connection that long, no longer);
 - idle keep-alive connections are closed by uvicorn's own `timeout_keep_alive`.
 
+And one answer goes out in one write: uvicorn writes a response's head and its body separately, two sends on
+the socket, and a client waiting for the answer is woken twice (on two cores, its wake-up on the head took a
+third of the event loop's time per request at one client). `CoalescedWrites` holds the head until the body
+joins it, or until the loop's next turn (a streamed answer's head, a chunk with nothing after it yet).
+
 Everything else is uvicorn's (bodies, pipelining, the graceful shutdown): the protocol stays httptools, whose
 shutdown closes idle connections at once, so a SIGTERM drains promptly.
 """
@@ -52,11 +57,57 @@ def refusal(status: int, reason: str, code: str, message: str) -> bytes:
     return head.encode() + bytes(body)
 
 
+class CoalescedWrites:
+    """A transport whose writes in one turn of the event loop go out as one: the first is held, and sent with
+    the next (at once) or at the loop's next turn, whichever comes first. Everything else is the transport's;
+    closing it sends what is held first."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: bytes | None = None
+        self._flush: asyncio.Handle | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is None:
+            self._held = bytes(data)
+            self._flush = self._loop.call_soon(self.flush)
+            return
+        held, self._held = self._held, None
+        self._cancel_flush()
+        self._transport.write(held + data)
+
+    def flush(self) -> None:
+        """Send what is held, if anything."""
+        self._cancel_flush()
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._cancel_flush()
+        self._transport.abort()
+
+    def _cancel_flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bounded, timed request head (see the module's docstring)."""
+    """uvicorn's httptools protocol with a bounded, timed request head and one write per answer (see the
+    module's docstring)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
         self._head_bytes = 0
         self._headers = 0
         self._in_head = True  # reading a request head (not a body, not between requests)

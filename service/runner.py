@@ -19,6 +19,7 @@ every other thread (the event loop's, the loading and answering worker threads) 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,8 +198,13 @@ class ModelRunner:
         for job, r in zip(jobs, results, strict=True):
             if r is None:
                 raise TypeError(f"the runner has no handler for {type(job).__name__}")
-            values = r.logprobs if isinstance(r, TokenScores) else r.logdist if isinstance(r, StepResult) else r
-            if not torch.isfinite(values).all():
+            # A sentence's float64 total is finite exactly when every log-probability in it is (no -inf, no NaN):
+            # checked through it, so that it is computed here, in the lane, not on the event loop.
+            if isinstance(r, TokenScores):
+                finite = math.isfinite(r.total)
+            else:
+                finite = bool(torch.isfinite(r.logdist if isinstance(r, StepResult) else r).all())
+            if not finite:
                 raise NonFiniteOutputError("the model produced a non-finite log-probability")
             done.append(r)
         return done

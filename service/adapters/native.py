@@ -116,7 +116,7 @@ def score_result(text: str, e: Encoded, scores: TokenScores, per_token: bool) ->
     """The body of one scored sentence: the sum of its predictions' log-probabilities, in nats and log10, and
     the perplexity exp(-sum / predictions)."""
     logprobs = scores.logprobs
-    total = float(logprobs.double().sum())
+    total = scores.total
     n = logprobs.numel()
     return SentenceScore(
         text=text,

@@ -207,16 +207,20 @@ def choice(
         # scores.logprobs[j] predicts context[j + 1]; the reported tokens start at context[0] when the prompt
         # began with <eos>, at context[1] otherwise (and that first one's logprob is null either way).
         offset = 0 if prompt.primed else 1
+        # As Python numbers once (one conversion each, not one tensor op per token).
+        values = scores.logprobs.tolist() if scores is not None else []
+        tops = k and scores is not None and scores.top_logprobs is not None and scores.top_ids is not None
+        top_values = scores.top_logprobs.tolist() if tops else None  # type: ignore[union-attr]
+        top_ids = scores.top_ids.tolist() if tops else None  # type: ignore[union-attr]
         for j, token in enumerate(prompt.tokens):
             at = j - 1 + offset  # the row of scores that predicts this token
             if j == 0 or scores is None:
                 results.append(TokenResult(token, None, None))
                 continue
-            value = float(scores.logprobs[at])
-            top_values, top_ids = (scores.top_logprobs, scores.top_ids) if k else (None, None)  # logprobs 0: none
+            value = values[at]
             top = top_alternatives(
-                top_values[at].tolist() if top_values is not None else [],
-                top_ids[at].tolist() if top_ids is not None else [],
+                top_values[at] if top_values is not None else [],  # logprobs 0: none
+                top_ids[at] if top_ids is not None else [],
                 itos,
                 token,
                 value,

@@ -302,6 +302,7 @@ def test_ab_runs_an_earlier_commits_server_against_the_working_trees() -> None:
     out = run("benchmarks.ab", "HEAD", "--concurrency", "1", "--rounds", "1", "--seconds", "1", writes=False)
     (row,) = table_rows(out)
     assert row[0] == "1" and float(row[1]) > 0 and float(row[2]) > 0
+    assert all(float(ms) > 0 for ms in row[6].split(" / "))  # each event loop's CPU per request
     assert re.search(r"round 1  c = 1  before \(\w+\): [\d.]+ req/s", out)
     assert "round 1  c = 1  after (working tree)" in out
     assert subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout == worktrees
