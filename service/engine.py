@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -161,7 +161,7 @@ class BatchingEngine(Generic[J, R]):
         # A thread of its own per lane, and a pass goes to the first free lane: a lone client's passes all run in
         # lane 0's thread, with the one OpenMP team that thread keeps (two threads taking turns would wake two).
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"lm-forward-{i}") for i in range(self.lanes)]
-        self._passes: dict[asyncio.Future, tuple[int, int]] = {}  # the batches running now: (lane, size)
+        self._passes: dict[asyncio.Task, tuple[int, int]] = {}  # the batches running now: (lane, size)
         self._wide = False  # a pass that runs alone, with every thread, is running: no other lane starts
         self._watched: set[_Waiting] = set()  # the waiting calls whose clients the watcher asks after
         self._watcher: asyncio.Task | None = None
@@ -190,8 +190,8 @@ class BatchingEngine(Generic[J, R]):
         self._wakeup.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        while self._passes:  # (a pass that lands may start the last queued batch)
-            await asyncio.wait(list(self._passes))
+        if self._passes:
+            await asyncio.wait(self._passes)
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -390,6 +390,7 @@ class BatchingEngine(Generic[J, R]):
         return "full"
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if self._wide or len(self._passes) >= self.lanes:  # no lane free: wait until a pass ends
                 self._lane_free.clear()  # (calls queued meanwhile do not wake the worker: they wait for a lane)
@@ -408,33 +409,24 @@ class BatchingEngine(Generic[J, R]):
                 trigger = await self._gather(oldest + self.max_wait)  # "full" at once if it already is
             else:  # calls have lately been coming apart: none is likely within max_wait
                 trigger = "full" if self._full() else "sparse"
-            self._launch(trigger)
+            # With several lanes, each batch takes its share of the work in hand (queued and running): a lane that
+            # comes free beside a small pass does not take the whole queue, leaving the other lane little to do.
+            share = -(-(self._live + sum(size for _, size in self._passes.values())) // self.lanes)
+            batch = self._take(min(self.max_batch_sequences, share))
+            if not batch:
+                continue
+            # Nothing else to do: the batch runs alone, wide (a lone client is not slowed by lanes).
+            self._wide = wide = self.lane_width is not None and not self._passes and not self._live
+            busy = {lane for lane, _ in self._passes.values()}
+            lane = next(i for i in range(self.lanes) if i not in busy)
+            task = loop.create_task(self._pass(batch, trigger, wide, lane))
+            self._passes[task] = (lane, len(batch))
+            task.add_done_callback(self._passed)
 
-    def _launch(self, trigger: str) -> None:
-        """Start the next batch in a free lane (the caller knows one is free): its jobs go to the lane's thread;
-        `_landed` takes the outcome back on the event loop."""
-        # With several lanes, each batch takes its share of the work in hand (queued and running): a lane that
-        # comes free beside a small pass does not take the whole queue, leaving the other lane little to do.
-        share = -(-(self._live + sum(size for _, size in self._passes.values())) // self.lanes)
-        batch = self._take(min(self.max_batch_sequences, share))
-        if not batch:
-            return
-        # Nothing else to do: the batch runs alone, wide (a lone client is not slowed by lanes).
-        self._wide = wide = self.lane_width is not None and not self._passes and not self._live
-        busy = {lane for lane, _ in self._passes.values()}
-        lane = next(i for i in range(self.lanes) if i not in busy)
-        batch.sort(key=lambda e: e.job.num_tokens, reverse=True)
-        started = time.monotonic()
-        for entry in batch:
-            self.metrics.queue_wait.observe(started - entry.enqueued)
-            if entry.on_batch is not None:
-                entry.on_batch(len(batch))
-        loop = asyncio.get_running_loop()
-        landed = loop.create_future()  # done once the outcome is back on the loop (`stop` waits for it)
-        self._passes[landed] = (lane, len(batch))
-        jobs = [e.job for e in batch]
-        done = self._executors[lane].submit(self._in_lane, wide, self.run_batch, jobs)
-        done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._landed, landed, batch, trigger, started, f))
+    def _passed(self, task: asyncio.Task) -> None:
+        self._passes.pop(task, None)
+        self._wide = False
+        self._lane_free.set()
 
     def _in_lane(self, wide: bool, work: Callable[..., T], *args: object) -> T:
         """`work(*args)` in a lane's thread, told first how wide its pass runs."""
@@ -442,27 +434,22 @@ class BatchingEngine(Generic[J, R]):
             self.lane_width(wide)
         return work(*args)
 
-    def _landed(
-        self, landed: asyncio.Future, batch: list[_Entry[J]], trigger: str, started: float, done: Future
-    ) -> None:
-        """A pass's outcome, at the loop's first turn after its lane finished: the lane is free, and the worker is
-        woken for its next batch before this batch's callers (their wake-ups come after the worker's in the
-        loop's queue): under load they are tens of requests whose answers take the loop milliseconds, and a lane
-        whose next batch waited behind them idled. Then each entry's future gets its result or the batch's
-        exception."""
-        self._passes.pop(landed, None)
-        self._wide = False
-        landed.set_result(None)
-        self._lane_free.set()
-        m = self.metrics
-        m.batch_duration.observe(time.monotonic() - started)
-        m.batch_size.observe(len(batch))
-        m.batch_tokens.observe(len(batch) * batch[0].job.num_tokens)
-        m.batches.labels(trigger).inc()
+    async def _pass(self, batch: list[_Entry[J]], trigger: str, wide: bool, lane: int) -> None:
+        """One forward pass in a lane's thread; each entry's future gets its result or the batch's exception."""
+        batch.sort(key=lambda e: e.job.num_tokens, reverse=True)
+        started = time.monotonic()
+        for entry in batch:
+            self.metrics.queue_wait.observe(started - entry.enqueued)
+            if entry.on_batch is not None:
+                entry.on_batch(len(batch))
+        jobs = [e.job for e in batch]
         try:
-            results = done.result()
-            if len(results) != len(batch):
-                raise RuntimeError(f"the forward pass gave {len(results)} results for {len(batch)} jobs")
+            executor = self._executors[lane]
+            results = await asyncio.get_running_loop().run_in_executor(
+                executor, self._in_lane, wide, self.run_batch, jobs
+            )
+            if len(results) != len(jobs):
+                raise RuntimeError(f"the forward pass gave {len(results)} results for {len(jobs)} jobs")
         except Exception as e:  # the batch fails, the engine does not
             # Without its traceback: each request of the batch answers 500 and logs it, with its request id.
             log.error("forward pass failed for a batch of %d sequences: %r", len(batch), e)
@@ -470,6 +457,12 @@ class BatchingEngine(Generic[J, R]):
                 if not entry.future.done():
                     entry.future.set_exception(e)
             return
+        finally:
+            m = self.metrics
+            m.batch_duration.observe(time.monotonic() - started)
+            m.batch_size.observe(len(batch))
+            m.batch_tokens.observe(len(batch) * jobs[0].num_tokens)
+            m.batches.labels(trigger).inc()
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)

@@ -445,14 +445,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a call to an idle engine counts as company (a client alone with quick answers waits on every call)",
     ),
     Mutation(
-        "next-batch-after-answers",
-        ENGINE,
-        "        landed.set_result(None)\n        self._lane_free.set()",
-        "        landed.set_result(None)\n        asyncio.get_running_loop().call_later(0.001, self._lane_free.set)",
-        (f"{ENGINE_TESTS}::test_a_lanes_next_batch_starts_before_its_last_batchs_callers_are_answered",),
-        "a lane's next batch waits for the worker, behind the answers of the batch that just ended",
-    ),
-    Mutation(
         "non-finite",
         RUNNER,
         "if not finite:",

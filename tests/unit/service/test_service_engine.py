@@ -647,34 +647,3 @@ def test_a_forward_pass_that_returns_too_few_results_fails_its_batch_and_the_eng
 
     result, _ = run_engine(short, body, max_wait_ms=10)  # type: ignore[arg-type]
     assert result == [4] and calls == [2, 1]
-
-
-def test_a_lanes_next_batch_starts_before_its_last_batchs_callers_are_answered() -> None:
-    """When a pass ends, the work queued meanwhile is already in the lane's hands by the time the pass's callers
-    run again: under load those callers are tens of requests whose answers take the event loop milliseconds, and
-    a lane that waited behind them for its next batch idled."""
-    started, release = threading.Event(), threading.Event()
-    fake = FakeForward()
-
-    def run_batch(items: list[Seq]) -> list[int]:
-        if not fake.batches:
-            started.set()
-            release.wait(5)  # the first pass runs until the second call is queued
-        return fake(items)
-
-    async def body(engine):
-        first = asyncio.ensure_future(engine.run(jobs([[1]])))
-        while not started.is_set():  # until the first pass runs
-            await asyncio.sleep(0.005)
-        second = asyncio.ensure_future(engine.run(jobs([[2, 2]])))
-        await asyncio.sleep(0.02)
-        queued_while_running = engine.queue_size()
-        release.set()
-        await first
-        queued_when_answered = engine.queue_size()
-        return queued_while_running, queued_when_answered, await second
-
-    (while_running, when_answered, second), _ = run_engine(run_batch, body, forward_lanes=1, max_wait_ms=0)  # type: ignore[arg-type]
-    assert while_running == 1  # the second call waited for the lane
-    assert when_answered == 0  # ... and was in its hands before the first call's caller ran again
-    assert second == [4]
