@@ -78,12 +78,27 @@ def cpu_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU of the machine so far, from /proc/stat (idle and iowait are not busy)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that was busy between two `machine_ticks()`."""
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 def cpu_per_request(pid: int, run) -> tuple[dict, dict[str, float]]:
     """`run()` (a wrk run: its result fields), and the CPU ms per answered request it cost process `pid`'s
-    main thread (the server's event loop), its other threads, and the children of this process (wrk)."""
+    main thread (the server's event loop), its other threads, and the children of this process (wrk); with
+    `machine busy`, the share of the whole machine's CPU time that was busy meanwhile (what the server and wrk
+    left idle: threads waiting, not computing)."""
     process, main = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/task/{pid}/stat")
     before = cpu_seconds(process), cpu_seconds(main), resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = machine_ticks()
     result = run()
+    busy = busy_share(ticks, machine_ticks())
     after = cpu_seconds(process), cpu_seconds(main), resource.getrusage(resource.RUSAGE_CHILDREN)
     answered = max(1, result["requests"] - result["status"])
     loop = after[1] - before[1]
@@ -92,12 +107,12 @@ def cpu_per_request(pid: int, run) -> tuple[dict, dict[str, float]]:
         "other threads": after[0] - before[0] - loop,
         "wrk": (after[2].ru_utime + after[2].ru_stime) - (before[2].ru_utime + before[2].ru_stime),
     }
-    return result, {k: 1000 * v / answered for k, v in per.items()}
+    return result, {**{k: 1000 * v / answered for k, v in per.items()}, "machine busy": busy}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/score 32", "/next-word"])
+    p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/score 32", "/next-word", "/healthz"])
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=15.0, help="sampled seconds (wrk runs 5 s longer)")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
@@ -141,8 +156,8 @@ def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[flo
         proc, base = start_server()
         try:
 
-            def drive(seconds: float) -> dict:
-                return wrk(base, path, pool, script, args.concurrency, seconds)
+            def drive(seconds: float) -> dict:  # (/healthz: a GET, no bodies)
+                return wrk(base, path, pool if bodies else None, script, args.concurrency, seconds)
 
             drive(2.0)  # warm-up
             yield proc.pid, drive, httpx.get(base + "/model", timeout=10).json()["forward_lanes"]
@@ -157,9 +172,11 @@ def cpu_main(args: argparse.Namespace) -> None:
         result, per = cpu_per_request(pid, lambda: drive(args.seconds))
     rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
     print(f"{machine()}; `{command_line()}`; forward lanes {lanes}")
-    cost = ", ".join(f"{name} {ms:.2f}" for name, ms in per.items())
+    busy = per.pop("machine busy")
+    cost = ", ".join(f"{name} {ms:.3f}" for name, ms in per.items())
     print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s: {rate:,.0f} answered/s")
     print(f"CPU ms per answered request: {cost}")
+    print(f"the machine's {os.cpu_count()} CPUs busy {busy:.0%} of the time (the rest idle)")
 
 
 if __name__ == "__main__":

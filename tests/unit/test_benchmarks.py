@@ -355,6 +355,15 @@ def test_cpu_per_request_splits_the_event_loop_thread_from_the_others() -> None:
     assert result["requests"] == 12
     assert 25 <= per["event loop"] <= 45  # 0.3 s over 10 answered requests: 30 ms (clock ticks of 10 ms)
     assert 55 <= per["other threads"] <= 80 and per["wrk"] < 5
+    assert 0 < per["machine busy"] <= 1  # the whole machine's busy share meanwhile
+
+
+def test_the_machines_busy_share_counts_idle_and_iowait_as_not_busy() -> None:
+    from benchmarks.profile_server import busy_share, machine_ticks
+
+    assert busy_share((10, 100), (60, 200)) == 0.5
+    busy, total = machine_ticks()
+    assert 0 < busy < total
 
 
 def test_the_machine_line_names_the_vector_instructions() -> None:
