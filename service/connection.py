@@ -12,9 +12,9 @@ per connection:
 - idle keep-alive connections are closed by uvicorn's own `timeout_keep_alive`.
 
 And one answer goes out in one write: uvicorn writes a response's head and its body separately, two sends on
-the socket, and a client waiting for the answer is woken twice (on two cores, its wake-up on the head took a
-third of the event loop's time per request at one client). `CoalescedWrites` holds the head until the body
-joins it, or until the loop's next turn (a streamed answer's head, a chunk with nothing after it yet).
+the socket (two segments on the wire), and a client waiting for the answer is woken twice. `CoalescedWrites`
+holds the head until the body joins it, or until the loop's next turn (a file's head while its first chunk is
+read, a chunk with nothing after it yet).
 
 Everything else is uvicorn's (bodies, pipelining, the graceful shutdown): the protocol stays httptools, whose
 shutdown closes idle connections at once, so a SIGTERM drains promptly.
