@@ -174,6 +174,10 @@ class BatchingEngine(Generic[J, R]):
         """Queued jobs still wanted (cancelled ones excluded)."""
         return self._live
 
+    def _in_hand(self) -> int:
+        """Jobs queued (still wanted) or in a running pass."""
+        return self._live + sum(size for _, size in self._passes.values())
+
     def has_room(self, n: int) -> bool:
         """Whether n more jobs fit the queue now."""
         return self._live + n <= self.max_queue
@@ -289,8 +293,7 @@ class BatchingEngine(Generic[J, R]):
         # Company is a call that comes while others are queued or running. One that comes to an idle engine, however
         # soon after the last, keeps none: a client alone, calling again as soon as it has its answer, is no
         # company to itself (with answers quicker than max_wait_ms, it would otherwise wait on every call).
-        in_hand = self._live + sum(size for _, size in self._passes.values())
-        close = in_hand > 0 and now - self._last_call < self.max_wait
+        close = self._in_hand() > 0 and now - self._last_call < self.max_wait
         self._company += COMPANY_WEIGHT * (close - self._company)
         self._last_call = now
         line: deque[_Entry[J]] = deque()
@@ -411,7 +414,7 @@ class BatchingEngine(Generic[J, R]):
                 trigger = "full" if self._full() else "sparse"
             # With several lanes, each batch takes its share of the work in hand (queued and running): a lane that
             # comes free beside a small pass does not take the whole queue, leaving the other lane little to do.
-            share = -(-(self._live + sum(size for _, size in self._passes.values())) // self.lanes)
+            share = -(-self._in_hand() // self.lanes)
             batch = self._take(min(self.max_batch_sequences, share))
             if not batch:
                 continue

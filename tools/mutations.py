@@ -340,7 +340,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "lane-share-queue-only",
         ENGINE,
-        "share = -(-(self._live + sum(size for _, size in self._passes.values())) // self.lanes)",
+        "share = -(-self._in_hand() // self.lanes)",
         "share = -(-self._live // (self.lanes - len(self._passes)))",
         (f"{ENGINE_TESTS}::test_a_lane_that_comes_free_beside_a_small_pass_takes_its_share_not_the_whole_queue",),
         "a lane that comes free beside a running pass takes the whole queue (uneven batches, a p99 twice the p50)",
@@ -439,7 +439,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "company-from-idle",
         ENGINE,
-        "close = in_hand > 0 and now - self._last_call < self.max_wait",
+        "close = self._in_hand() > 0 and now - self._last_call < self.max_wait",
         "close = now - self._last_call < self.max_wait",
         (f"{ENGINE_TESTS}::test_a_client_alone_calling_again_at_once_is_no_company_to_itself",),
         "a call to an idle engine counts as company (a client alone with quick answers waits on every call)",
