@@ -74,8 +74,9 @@ class TokenScores:
 
     @cached_property
     def total(self) -> float:
-        """The sum of `logprobs` in float64: the sequence's log-probability (computed once, where first asked:
-        the service's runner asks in its forward thread, so that the event loop runs no tensor op for it)."""
+        """The sum of `logprobs` in float64: the sequence's log-probability, as `/score`, the trainer's evaluation
+        and `stream_nll` report it (computed once, where first asked: the service's runner asks in its forward
+        thread, so that the event loop runs no tensor op for it)."""
         return float(self.logprobs.double().sum())
 
 
@@ -219,8 +220,8 @@ def stream_nll(
     Every token after the first is predicted once: the evaluation of docs/architecture.md (what the numbers mean).
     """
     seq = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    lp = token_logprobs(model, [seq], max_chunk_tokens)[0]
-    return -lp.double().sum().item(), lp.numel()
+    scores = score_tokens(model, [seq], max_chunk_tokens)[0]
+    return -scores.total, scores.logprobs.numel()
 
 
 def perplexity(logprob: float, num_tokens: int) -> float:

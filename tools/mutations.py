@@ -203,8 +203,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "stream-predictions",
         SCORING,
-        "return -lp.double().sum().item(), lp.numel()",
-        "return -lp.double().sum().item(), lp.numel() + 1",
+        "return -scores.total, scores.logprobs.numel()",
+        "return -scores.total, scores.logprobs.numel() + 1",
         (
             "tests/unit/lm/test_lm_scoring.py::test_stream_nll_sums_the_token_logprobs",
             "tests/unit/lm/test_lm_scoring.py::test_uniform_model_gives_perplexity_equal_to_vocabulary_size",

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lm.checkpoint import Checkpoint
 from lm.encoding import Encoded, SentenceEncoder
 from lm.report import PerplexityTally, jsonl_summary, srilm_sentence, srilm_summary
-from lm.scoring import LN10, perplexity, stream_nll, token_logprobs
+from lm.scoring import LN10, perplexity, score_tokens, stream_nll
 from lm.tokenizers import tokenizer_for
 from trainer.data import encode_file, split_path
 from trainer.errors import TrainerError
@@ -78,8 +78,8 @@ def score_lines(
 
     def flush() -> Iterator[SentenceScore]:
         seqs = [e.ids for _, e in pending]
-        for (text, e), lp in zip(pending, token_logprobs(ckpt.model, seqs), strict=True):
-            yield SentenceScore(text, e.tokens, e.oov, float(lp.double().sum()), lp.numel())
+        for (text, e), scores in zip(pending, score_tokens(ckpt.model, seqs), strict=True):
+            yield SentenceScore(text, e.tokens, e.oov, scores.total, scores.logprobs.numel())
         pending.clear()
 
     for line in lines:
