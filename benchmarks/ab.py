@@ -3,6 +3,7 @@
     python -m benchmarks.ab 13b6e0b                              # /score one sentence at 1, 8 and 64 clients
     python -m benchmarks.ab HEAD~3 --endpoint /next-word --concurrency 1 --rounds 5
     python -m benchmarks.ab HEAD~3 --concurrency 8 --env LMSERVE_FORWARD_LANES=1
+    python -m benchmarks.ab --bare                               # the service against /score without the framework
 
 The earlier commit is checked out in a temporary git worktree (its own code and bundled model); each round
 starts each server as a user does (`python -m service`, the same settings and `--env` for both), drives it with
@@ -13,6 +14,10 @@ the server timed (`lmserve_batch_inference_duration_seconds`) and the CPU millis
 thread) spent per answered request (`benchmarks.profile_server --cpu`'s measure: what the HTTP layer costs, less
 noisy on a shared machine than requests/s), then the medians over the rounds and their ratio.
 It writes nothing into the docs: a change's row in docs/benchmarks.md quotes it with its command.
+
+`--bare` (no commit): the working tree's service against the same server with `/score` answered in the HTTP
+protocol itself (`benchmarks.instrumented --bare`: no ASGI app, no middleware): what the HTTP framework and the
+service's per-request machinery cost, an upper bound on what leaner handling could gain.
 """
 
 from __future__ import annotations
@@ -28,10 +33,19 @@ from benchmarks.http_load import LUA, batch_totals, body_pools, load, wait_idle
 from benchmarks.profile_server import cpu_per_request
 
 
-def measure(repo: Path, env: dict[str, str], path: str, bodies: Path, script: Path, conc: int, seconds: float) -> dict:
-    """One server from `repo`, one closed-loop point at `path`: requests/s, p50 ms, forward ms, mean batch, and the
-    event loop's CPU ms per answered request."""
-    proc, base = start_server([], env, cwd=repo)
+def measure(
+    server: tuple[Path, tuple[str, ...]],
+    env: dict[str, str],
+    path: str,
+    bodies: Path,
+    script: Path,
+    conc: int,
+    seconds: float,
+) -> dict:
+    """One server (`server`: its checkout, the module it runs), one closed-loop point at `path`: requests/s, p50 ms,
+    forward ms, mean batch, and the event loop's CPU ms per answered request."""
+    repo, module = server
+    proc, base = start_server([], env, cwd=repo, module=module)
     try:
         load(base, path, bodies, script, conc, 1)  # warm-up
         wait_idle(base)
@@ -52,7 +66,13 @@ def measure(repo: Path, env: dict[str, str], path: str, bodies: Path, script: Pa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("before", help="the earlier commit (any git revision)")
+    p.add_argument("before", nargs="?", help="the earlier commit (any git revision)")
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="instead of an earlier commit: the working tree's /score without the HTTP framework "
+        "(benchmarks.instrumented --bare)",
+    )
     p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/next-word"])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--rounds", type=int, default=3)
@@ -60,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="settings for both servers")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = p.parse_args(argv)
+    if (args.before is None) == (not args.bare):
+        p.error("give an earlier commit or --bare, not both")
+    if args.bare and args.endpoint != "/score 1":
+        p.error("--bare answers /score only")
     env = dict(e.split("=", 1) for e in args.env)
 
     path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
@@ -68,13 +92,19 @@ def main(argv: list[str] | None = None) -> None:
         bodies_file, script = work / "bodies.jsonl", work / "script.lua"
         bodies_file.write_text("\n".join(bodies) + "\n", encoding="utf-8")
         script.write_text(LUA, encoding="utf-8")
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", args.before], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        before = work / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(before), rev], cwd=REPO, check=True)
+        service = ("service",)
+        if args.bare:
+            first, second = "service (working tree)", "bare /score (working tree)"
+            servers = {first: (REPO, service), second: (REPO, ("benchmarks.instrumented", "--bare"))}
+        else:
+            rev = subprocess.run(
+                ["git", "rev-parse", "--short", args.before], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            before = work / "before"
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(before), rev], cwd=REPO, check=True)
+            first, second = f"before ({rev})", "after (working tree)"
+            servers = {first: (before, service), second: (REPO, service)}
         try:
-            servers = {f"before ({rev})": before, "after (working tree)": REPO}
             seen: dict[tuple[str, int], list[dict]] = {(s, c): [] for s in servers for c in args.concurrency}
             for r in range(args.rounds):
                 order = list(servers) if r % 2 == 0 else list(servers)[::-1]
@@ -89,13 +119,14 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, check=False)
+            if not args.bare:
+                subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, check=False)
 
     rows = []
     for conc in args.concurrency:
         keys = ("rps", "p50", "forward", "loop")
         med = {s: {k: statistics.median(x[k] for x in seen[s, conc]) for k in keys} for s in servers}
-        b, a = med[f"before ({rev})"], med["after (working tree)"]
+        b, a = med[first], med[second]
         rows.append(
             [
                 str(conc),
@@ -114,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = [
         "conc.",
-        f"before ({rev}) req/s",
-        "after req/s",
-        "after / before",
+        f"{first} req/s",
+        f"{second.removesuffix(' (working tree)')} req/s",
+        "bare / service" if args.bare else "after / before",
         "p50 ms",
         "forward ms",
         "event loop CPU ms / request",

@@ -188,14 +188,18 @@ def foreign_threads() -> int:
 
 
 def start_server(
-    args: Sequence[str] = (), env: dict[str, str] | None = None, cwd: Path = REPO
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    module: Sequence[str] = ("service",),
 ) -> tuple[subprocess.Popen, str]:
     """`python -m service` as a user starts it (from the checkout `cwd`: its code and bundled model), on a free
-    port of 127.0.0.1; returns once /readyz says ready."""
+    port of 127.0.0.1; returns once /readyz says ready. `module`: another module to run with the service's flags
+    and its own first (`("benchmarks.instrumented", "--bare")`)."""
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning", *args]
+    cmd = [sys.executable, "-m", *module, "--port", str(port), "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(1200):

@@ -3,6 +3,7 @@
     python -m benchmarks.profile_server                          # /score, one sentence, concurrency 64, 15 s
     python -m benchmarks.profile_server --endpoint /next-word --seconds 5
     python -m benchmarks.profile_server --cpu                    # CPU per request by thread, no sampling
+    python -m benchmarks.profile_server --stages                 # one client's requests, stage by stage
 
 The server is started as a user starts it; wrk drives it closed-loop (the HTTP load benchmark's requests) while
 `py-spy record --threads --idle` samples every thread. A thread is busy in a sample unless it sits where it
@@ -18,6 +19,11 @@ the event-loop thread (the main thread), of all the server's other threads toget
 OpenMP team, worker threads) and of wrk, which shares the machine. The server inherits the environment
 (`LMSERVE_FORWARD_LANES=1 python -m benchmarks.profile_server --cpu`); the forward lanes it ran are printed as
 its `/model` reports them.
+
+`--stages` samples nothing either: the server is `benchmarks.instrumented --stages`, which notes when each step
+of a request happens, and one client (wrk, closed loop) drives it; printed: the median milliseconds of each stage
+of a request's cycle, from its bytes reaching the server to the next request's (the event loop's parts, the two
+thread hand-offs around the pass, the pass, the client's turn).
 """
 
 from __future__ import annotations
@@ -25,20 +31,24 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
 import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
-from benchmarks.common import DEFAULT_DATA_DIR, command_line, machine, start_server, stop_server
+from benchmarks.common import DEFAULT_DATA_DIR, command_line, machine, start_server, stop_server, table
 from benchmarks.http_load import LUA, body_pools, wrk
+from benchmarks.instrumented import stage_medians
 
 # Leaf frames of a thread that waits for work, not does it.
 IDLE_LEAVES = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py")
@@ -113,15 +123,21 @@ def cpu_per_request(pid: int, run) -> tuple[dict, dict[str, float]]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/score 32", "/next-word", "/healthz"])
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=None, help="clients (default 64; 1 with --stages)")
     p.add_argument("--seconds", type=float, default=15.0, help="sampled seconds (wrk runs 5 s longer)")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--raw", type=Path, default=None, help="also keep py-spy's raw output here")
     p.add_argument("--cpu", action="store_true", help="CPU per request by thread from /proc instead of py-spy")
+    p.add_argument("--stages", action="store_true", help="one client's requests timed stage by stage, no py-spy")
     args = p.parse_args(argv)
+    if args.concurrency is None:
+        args.concurrency = 1 if args.stages else 64
     if args.cpu:
         cpu_main(args)
+        return
+    if args.stages:
+        stages_main(args)
         return
     spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
     if not Path(spy).exists() or shutil.which("wrk") is None:
@@ -144,16 +160,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @contextlib.contextmanager
-def loaded_server(args: argparse.Namespace) -> Iterator[tuple[int, Callable[[float], dict], int]]:
-    """A server started as a user starts it and warmed up with 2 s of the load: (its pid, `drive(seconds)`,
-    which runs wrk with `args.endpoint`'s bodies at `args.concurrency` and returns its result fields, the
-    forward lanes it runs, as its `/model` says)."""
+def loaded_server(
+    args: argparse.Namespace, module: tuple[str, ...] = ("service",)
+) -> Iterator[tuple[int, Callable[[float], dict], int]]:
+    """A server started as a user starts it (or `module` with the service's flags) and warmed up with 2 s of the
+    load: (its pid, `drive(seconds)`, which runs wrk with `args.endpoint`'s bodies at `args.concurrency` and
+    returns its result fields, the forward lanes it runs, as its `/model` says)."""
     path, bodies, _ = body_pools(args.data_dir)[args.endpoint]
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         script, pool = Path(tmp) / "bodies.lua", Path(tmp) / "bodies.jsonl"
         script.write_text(LUA)
         pool.write_text("\n".join(bodies) + "\n")
-        proc, base = start_server()
+        proc, base = start_server(module=module)
         try:
 
             def drive(seconds: float) -> dict:  # (/healthz: a GET, no bodies)
@@ -177,6 +195,49 @@ def cpu_main(args: argparse.Namespace) -> None:
     print(f"{args.endpoint}, concurrency {args.concurrency}, {args.seconds:g} s: {rate:,.0f} answered/s")
     print(f"CPU ms per answered request: {cost}")
     print(f"the machine's {os.cpu_count()} CPUs busy {busy:.0%} of the time (the rest idle)")
+
+
+STAGE_ROWS = [
+    ("queued", "request in -> its jobs queued (parsing, middleware, validation, encoding)", "event loop"),
+    ("pass", "queued -> a lane's thread starts the pass", "hand-off"),
+    ("passed", "the forward pass", "lane"),
+    ("results", "pass over -> the request's task has the results", "hand-off"),
+    ("built", "results -> the JSON answer built", "event loop"),
+    ("sent", "answer built -> sent (response, middleware, the socket's write)", "event loop"),
+    ("client", "sent -> the next request in (the client's turn, the kernel)", "wrk"),
+]
+
+
+def stages_main(args: argparse.Namespace) -> None:
+    """`--stages`: the median time of each stage of one client's requests (`benchmarks.instrumented --stages`)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("needs wrk (apt-get install wrk)")
+    if args.concurrency != 1:
+        raise SystemExit("--stages times one client's requests: --concurrency 1")
+    with tempfile.TemporaryDirectory(prefix="stages-") as tmp:
+        notes_file = Path(tmp) / "stages.json"
+        with loaded_server(args, ("benchmarks.instrumented", "--stages", str(notes_file))) as (pid, drive, _):
+            # The notes are the server's time.perf_counter(): Linux's CLOCK_MONOTONIC, this process's clock too.
+            start = time.perf_counter()
+            result = drive(args.seconds)
+            os.kill(pid, signal.SIGUSR1)  # the server writes its notes and exits
+            for _ in range(200):
+                if notes_file.exists() and notes_file.stat().st_size:
+                    break
+                time.sleep(0.05)
+        notes = [(stage, t) for stage, t in json.loads(notes_file.read_text()) if t >= start]
+    ms = stage_medians(notes)
+    rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
+    rows = [[what, who, f"{ms[stage]:.3f}"] for stage, what, who in STAGE_ROWS]
+    rows.append(["the whole cycle (request in -> the next in)", "", f"{ms['cycle']:.3f}"])
+    print(f"{machine()}; `{command_line()}`")
+    print(f"{args.endpoint}, one client, {args.seconds:g} s: {rate:,.0f} answered/s; median ms of each stage:\n")
+    print(table(["stage", "where", "ms"], rows))
+    rest = ms["cycle"] - ms["passed"]
+    print(
+        f"\nThe forward pass is {ms['passed'] / ms['cycle']:.0%} of a cycle; the rest {rest:.3f} ms. After the answer "
+        f"has gone, the request observer (metrics, access log) takes {ms['observed']:.3f} ms, beside the client's turn."
+    )
 
 
 if __name__ == "__main__":

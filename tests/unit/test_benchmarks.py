@@ -512,3 +512,62 @@ def test_the_ceiling_is_measured_after_each_setups_http_points_in_every_round(mo
     out = capsys.readouterr().out
     assert "| lmserve | 1 | 20.0 | 6,000 | 7,000 | 86% |" in out
     assert "| lmserve-1l | 1 | 20.0 | 6,000 | 9,000 | 67% |" in out
+
+
+def test_stage_medians_take_each_complete_cycle_from_one_recv_to_the_next() -> None:
+    from benchmarks.instrumented import STAGES, stage_medians
+
+    def cycle(t0: float, steps: list[float]) -> list[tuple[str, float]]:
+        times = [t0]
+        for step in steps:
+            times.append(times[-1] + step)
+        notes = list(zip(STAGES[:-1], times, strict=True))  # recv .. sent
+        return [*notes, ("observed", times[-1] + 0.0001)]
+
+    steps = [0.0003, 0.0001, 0.003, 0.0002, 0.0001, 0.0001]  # queued .. sent after recv
+    notes = cycle(0.0, steps) + cycle(0.005, [2 * s for s in steps])
+    notes += [("recv", 0.02), ("queued", 0.0203)]  # an incomplete cycle: no pass, left out
+    notes += [*cycle(0.03, steps), ("recv", 0.04)]
+    ms = stage_medians(notes)
+    # Three complete cycles (the first two and the fourth); medians are the single steps' values.
+    assert ms["queued"] == pytest.approx(0.3) and ms["passed"] == pytest.approx(3.0)
+    assert ms["sent"] == pytest.approx(0.1) and ms["observed"] == pytest.approx(0.1)
+    assert ms["cycle"] == pytest.approx(10.0)  # cycles of 5, 15 and 10 ms
+    assert ms["client"] == pytest.approx(10.0 - sum(steps) * 1000)
+    with pytest.raises(ValueError, match="no complete request cycle"):
+        stage_medians([("recv", 0.0), ("queued", 0.1), ("recv", 0.2)])
+
+
+def test_profile_stages_times_every_stage_of_one_clients_requests() -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (apt-get install wrk); .ci/run installs it")
+    out = run("benchmarks.profile_server", "--stages", "--seconds", "1", writes=False)
+    rows = table_rows(out)
+    ms = [float(r[2]) for r in rows]
+    assert len(rows) == 8 and all(m > 0 for m in ms)
+    assert rows[2][0] == "the forward pass" and rows[-1][0].startswith("the whole cycle")
+    assert sum(ms[:-1]) == pytest.approx(ms[-1], rel=0.25)  # medians of the parts against the whole's median
+    assert re.search(r"The forward pass is \d+% of a cycle", out)
+
+
+def test_the_bare_server_answers_score_as_the_service_does() -> None:
+    """`benchmarks.instrumented --bare` measures the same work: its /score answers are the service's, byte for
+    byte, and every other request is still the service's."""
+    import httpx
+
+    bodies = [
+        {"text": "the company said its sales rose"},
+        {"sentences": ["the market fell", "Prices Rose $ 5"], "per_token": True},
+        {"text": "no <unk> here", "normalize": False, "add_eos": False},
+    ]
+    answers = []
+    for module in (("service",), ("benchmarks.instrumented", "--bare")):
+        proc, base = common.start_server(["--device", "cpu"], {"LMSERVE_THREADS": "1"}, module=module)
+        try:
+            answers.append([httpx.post(base + "/score", json=b, timeout=30).content for b in bodies])
+            assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+            assert httpx.post(base + "/next-word", json={"prefix": "the"}, timeout=30).status_code == 200
+        finally:
+            common.stop_server(proc)
+    service, bare = answers
+    assert bare == service
