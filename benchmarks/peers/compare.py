@@ -10,7 +10,10 @@ two or more threads), `lmserve-2w` (the same with `--workers 2` and LMSERVE_THRE
 lane each), `lmserve-1l` (LMSERVE_FORWARD_LANES=1: one batch at a time on every thread), `no-batching` (the
 service with LMSERVE_MAX_BATCH_SEQUENCES=1), `litserve` (LitServe's
 `max_batch_size`/`batch_timeout` batching around plain torch: `benchmarks/peers/litserve_server.py`) and
-`ray-serve` (Ray Serve's `@serve.batch`: `benchmarks/peers/ray_server.py`). LitServe is tuned first, in the
+`ray-serve` (Ray Serve's `@serve.batch`: `benchmarks/peers/ray_server.py`); on demand, `lmserve-bare` (the
+defaults with `/score` answered without the HTTP framework, `benchmarks.instrumented --bare`: not a service, the
+bound of leaner HTTP handling; `--peer-setups lmserve lmserve-bare --endpoints "/score 1" --no-write`). LitServe is
+tuned first, in the
 same run: every setting of LITSERVE_SWEEP (its docs' batching knobs, batch size and timeout, and two inference
 workers of one thread each) at `/score` one sentence, concurrency 64; its best (answered/s, no errors) is the
 one compared. Then each setup runs alone (an idle peer is not idle: LitServe's processes poll their queues,
@@ -47,7 +50,7 @@ import torch
 from benchmarks.common import DEFAULT_DATA_DIR, REPO, free_port, table, write_section
 from service.runner import default_lanes, wide_threads
 
-PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-1l", "no-batching", "litserve", "ray-serve")
+PEER_SETUPS = ("lmserve", "lmserve-2w", "lmserve-1l", "no-batching", "litserve", "ray-serve")  # the default run
 PEERS = ("litserve", "ray-serve")  # the other frameworks; `no-batching` is the service itself, unbatched
 
 
@@ -60,6 +63,7 @@ class Ours:
     workers: int = 1
     lanes: int | None = None
     threads: int | None = None
+    bare: bool = False  # `/score` answered without the HTTP framework (`benchmarks.instrumented --bare`): a bound
 
     def lanes_on(self, threads: int) -> int:
         """The lanes each worker runs on a CPU whose torch has `threads` threads."""
@@ -68,7 +72,14 @@ class Ours:
 
 # The service as its docs advise: its defaults (two forward lanes on this CPU); one worker per core, 1 thread each
 # (one lane each); and one forward lane, as the service ran before lanes were its default.
-OUR_SETUPS = {"lmserve": Ours(), "lmserve-2w": Ours(workers=2, threads=1), "lmserve-1l": Ours(lanes=1)}
+# On demand only (`--peer-setups lmserve lmserve-bare --endpoints "/score 1"`), not a service: the defaults with
+# `/score` answered in the HTTP protocol itself, no ASGI app or middleware, the bound of leaner HTTP handling.
+OUR_SETUPS = {
+    "lmserve": Ours(),
+    "lmserve-2w": Ours(workers=2, threads=1),
+    "lmserve-1l": Ours(lanes=1),
+    "lmserve-bare": Ours(bare=True),
+}
 DESCRIBED = ("LMSERVE_WORKERS", "LMSERVE_THREADS", "LMSERVE_FORWARD_LANES")  # what a setup says, not the caller
 OURS = tuple(OUR_SETUPS)
 SERVICE = (*OURS, "no-batching")  # the setups that are `python -m service` (their /metrics tell the batch)
@@ -117,7 +128,10 @@ def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tup
     """The command line and extra environment that start `setup` on 127.0.0.1:port."""
     if setup in SERVICE:
         env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1"} if setup == "no-batching" else {}
-        cmd = [sys.executable, "-m", "service", "--model", model, "--port", str(port), "--log-level", "warning"]
+        module = (
+            ["benchmarks.instrumented", "--bare"] if setup in OUR_SETUPS and OUR_SETUPS[setup].bare else ["service"]
+        )
+        cmd = [sys.executable, "-m", *module, "--model", model, "--port", str(port), "--log-level", "warning"]
         if setup in OUR_SETUPS:  # as it is described, whatever the environment says
             ours = OUR_SETUPS[setup]
             if ours.workers > 1:
@@ -368,7 +382,7 @@ def main(argv: list[str]) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
-    p.add_argument("--peer-setups", nargs="+", default=list(PEER_SETUPS), choices=PEER_SETUPS)
+    p.add_argument("--peer-setups", nargs="+", default=list(PEER_SETUPS), choices=[*PEER_SETUPS, "lmserve-bare"])
     p.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
     p.add_argument(
         "--litserve-flags", default=None, help="skip the sweep: LitServe with these flags ('--max-batch-size 32 ...')"
@@ -475,6 +489,13 @@ def main(argv: list[str]) -> None:
         "`lmserve`: the service's defaults (two forward lanes on a CPU of two or more threads); `lmserve-2w`: "
         "`LMSERVE_WORKERS=2 LMSERVE_THREADS=1`; `lmserve-1l`: `LMSERVE_FORWARD_LANES=1` (one batch at a time, on "
         f"every thread). Ray Serve: `{' '.join(RAY_FLAGS)}`."
+        + (
+            " `lmserve-bare`: the defaults with `POST /score` answered in the HTTP protocol itself "
+            "(`benchmarks.instrumented --bare`: no ASGI app, no middleware, so no metrics, logs, limits or "
+            "deadline): not a service, the bound of leaner HTTP handling."
+            if "lmserve-bare" in args.peer_setups
+            else ""
+        )
         + (f" Did not start: {', '.join(missing)}." if missing else "")
         + "\n\n"
         + table(header, table_rows(results, tokens))

@@ -571,3 +571,14 @@ def test_the_bare_server_answers_score_as_the_service_does() -> None:
             common.stop_server(proc)
     service, bare = answers
     assert bare == service
+
+
+def test_the_bare_setup_is_the_defaults_behind_the_instrumented_server_on_demand() -> None:
+    from benchmarks.peers.compare import PEER_SETUPS, command, engine_point
+
+    cmd, env = command("lmserve-bare", 8123, "models/ptb-cpu")
+    assert cmd[1:4] == ["-m", "benchmarks.instrumented", "--bare"] and "--model" in cmd and env == {}
+    assert command("lmserve", 8123, "models/ptb-cpu")[0][1:3] == ["-m", "service"]
+    assert "lmserve-bare" not in PEER_SETUPS  # not in the default run: not a service
+    for conc, batch in [(1, 1.0), (8, 2.7), (64, 21.1)]:  # held against the engine as the defaults are
+        assert engine_point("lmserve-bare", conc, batch, 2) == engine_point("lmserve", conc, batch, 2)
