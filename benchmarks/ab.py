@@ -4,6 +4,7 @@
     python -m benchmarks.ab HEAD~3 --endpoint /next-word --concurrency 1 --rounds 5
     python -m benchmarks.ab HEAD~3 --concurrency 8 --env LMSERVE_FORWARD_LANES=1
     python -m benchmarks.ab --bare                               # the service against /score without the framework
+    python -m benchmarks.ab --setting LMSERVE_LOG_LEVEL=info     # the working tree with a setting against without
 
 The earlier commit is checked out in a temporary git worktree (its own code and bundled model); each round
 starts each server as a user does (`python -m service`, the same settings and `--env` for both), drives it with
@@ -17,7 +18,9 @@ It writes nothing into the docs: a change's row in docs/benchmarks.md quotes it 
 
 `--bare` (no commit): the working tree's service against the same server with `/score` answered in the HTTP
 protocol itself (`benchmarks.instrumented --bare`: no ASGI app, no middleware): what the HTTP framework and the
-service's per-request machinery cost, an upper bound on what leaner handling could gain.
+service's per-request machinery cost, an upper bound on what leaner handling could gain. `--setting NAME=VALUE`
+(no commit): the working tree's service with those settings against it without (servers are started at log level
+`warning`, as every benchmark starts them, unless a setting names LMSERVE_LOG_LEVEL).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from benchmarks.profile_server import cpu_per_request
 
 
 def measure(
-    server: tuple[Path, tuple[str, ...]],
+    server: tuple[Path, tuple[str, ...], dict[str, str]],
     env: dict[str, str],
     path: str,
     bodies: Path,
@@ -42,10 +45,10 @@ def measure(
     conc: int,
     seconds: float,
 ) -> dict:
-    """One server (`server`: its checkout, the module it runs), one closed-loop point at `path`: requests/s, p50 ms,
-    forward ms, mean batch, and the event loop's CPU ms per answered request."""
-    repo, module = server
-    proc, base = start_server([], env, cwd=repo, module=module)
+    """One server (`server`: its checkout, the module it runs, its own settings over `env`), one closed-loop point
+    at `path`: requests/s, p50 ms, forward ms, mean batch, and the event loop's CPU ms per answered request."""
+    repo, module, own = server
+    proc, base = start_server([], {**env, **own}, cwd=repo, module=module)
     try:
         load(base, path, bodies, script, conc, 1)  # warm-up
         wait_idle(base)
@@ -73,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
         help="instead of an earlier commit: the working tree's /score without the HTTP framework "
         "(benchmarks.instrumented --bare)",
     )
+    p.add_argument(
+        "--setting",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="instead of an earlier commit: the working tree with these settings against it without",
+    )
     p.add_argument("--endpoint", default="/score 1", choices=["/score 1", "/next-word"])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--rounds", type=int, default=3)
@@ -80,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="settings for both servers")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = p.parse_args(argv)
-    if (args.before is None) == (not args.bare):
-        p.error("give an earlier commit or --bare, not both")
+    if sum((args.before is not None, args.bare, bool(args.setting))) != 1:
+        p.error("give one of: an earlier commit, --bare, --setting")
     if args.bare and args.endpoint != "/score 1":
         p.error("--bare answers /score only")
     env = dict(e.split("=", 1) for e in args.env)
@@ -95,7 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         service = ("service",)
         if args.bare:
             first, second = "service (working tree)", "bare /score (working tree)"
-            servers = {first: (REPO, service), second: (REPO, ("benchmarks.instrumented", "--bare"))}
+            servers = {first: (REPO, service, {}), second: (REPO, ("benchmarks.instrumented", "--bare"), {})}
+        elif args.setting:
+            first, second = "service (working tree)", f"with {' '.join(args.setting)} (working tree)"
+            own = dict(e.split("=", 1) for e in args.setting)
+            servers = {first: (REPO, service, {}), second: (REPO, service, own)}
         else:
             rev = subprocess.run(
                 ["git", "rev-parse", "--short", args.before], cwd=REPO, capture_output=True, text=True, check=True
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             before = work / "before"
             subprocess.run(["git", "worktree", "add", "--detach", "-q", str(before), rev], cwd=REPO, check=True)
             first, second = f"before ({rev})", "after (working tree)"
-            servers = {first: (before, service), second: (REPO, service)}
+            servers = {first: (before, service, {}), second: (REPO, service, {})}
         try:
             seen: dict[tuple[str, int], list[dict]] = {(s, c): [] for s in servers for c in args.concurrency}
             for r in range(args.rounds):
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
         finally:
-            if not args.bare:
+            if args.before is not None:
                 subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, check=False)
 
     rows = []
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "conc.",
         f"{first} req/s",
         f"{second.removesuffix(' (working tree)')} req/s",
-        "bare / service" if args.bare else "after / before",
+        "after / before" if args.before is not None else "second / first",
         "p50 ms",
         "forward ms",
         "event loop CPU ms / request",

@@ -195,11 +195,13 @@ def start_server(
 ) -> tuple[subprocess.Popen, str]:
     """`python -m service` as a user starts it (from the checkout `cwd`: its code and bundled model), on a free
     port of 127.0.0.1; returns once /readyz says ready. `module`: another module to run with the service's flags
-    and its own first (`("benchmarks.instrumented", "--bare")`)."""
+    and its own first (`("benchmarks.instrumented", "--bare")`). The server logs at level `warning` (no access
+    log) unless `env` sets LMSERVE_LOG_LEVEL."""
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", *module, "--port", str(port), "--log-level", "warning", *args]
+    quiet = [] if "LMSERVE_LOG_LEVEL" in (env or {}) else ["--log-level", "warning"]
+    cmd = [sys.executable, "-m", *module, "--port", str(port), *quiet, *args]
     proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(1200):

@@ -582,3 +582,14 @@ def test_the_bare_setup_is_the_defaults_behind_the_instrumented_server_on_demand
     assert "lmserve-bare" not in PEER_SETUPS  # not in the default run: not a service
     for conc, batch in [(1, 1.0), (8, 2.7), (64, 21.1)]:  # held against the engine as the defaults are
         assert engine_point("lmserve-bare", conc, batch, 2) == engine_point("lmserve", conc, batch, 2)
+
+
+def test_ab_runs_the_working_tree_with_a_setting_against_it_without() -> None:
+    out = run("benchmarks.ab", "--setting", "LMSERVE_LOG_LEVEL=info", "--concurrency", "1", "--rounds", "1",
+              "--seconds", "1", writes=False)  # fmt: skip
+    (row,) = table_rows(out)
+    assert row[0] == "1" and float(row[1]) > 0 and float(row[2]) > 0
+    assert "| with LMSERVE_LOG_LEVEL=info req/s | second / first |" in out
+    assert "round 1  c = 1  with LMSERVE_LOG_LEVEL=info (working tree)" in out
+    result = subprocess.run([sys.executable, "-m", "benchmarks.ab", "HEAD", "--bare"], cwd=REPO, capture_output=True)
+    assert result.returncode == 2 and b"give one of" in result.stderr  # one comparison at a time
