@@ -4,7 +4,7 @@
     python -m benchmarks.instrumented --bare --port 8001                      # /score without the HTTP framework
 
 Every other flag is the service's (one worker: the changes are made in this process).
-`benchmarks.profile_server --stages` and `benchmarks.ab --bare` start it.
+`benchmarks.profile_server --stages`, `benchmarks.ab --bare` and the peers comparison's `lmserve-bare` start it.
 
 `--stages FILE`: the server notes when each step of a request happens (`time.perf_counter`, in whichever thread
 takes it) and, on SIGUSR1, writes the notes to FILE as JSON (`[[stage, seconds], ...]`, in the order taken) and
