@@ -99,6 +99,11 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (after[0] - before[0]) / max(1, after[1] - before[1])
 
 
+def answered_per_second(result: dict) -> float:
+    """A wrk run's answered requests (not the non-2xx) a second, from its result fields."""
+    return (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
+
+
 def cpu_per_request(pid: int, run) -> tuple[dict, dict[str, float]]:
     """`run()` (a wrk run: its result fields), and the CPU ms per answered request it cost process `pid`'s
     main thread (the server's event loop), its other threads, and the children of this process (wrk); with
@@ -188,7 +193,7 @@ def cpu_main(args: argparse.Namespace) -> None:
         raise SystemExit("needs wrk (apt-get install wrk)")
     with loaded_server(args) as (pid, drive, lanes):
         result, per = cpu_per_request(pid, lambda: drive(args.seconds))
-    rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
+    rate = answered_per_second(result)
     print(f"{machine()}; `{command_line()}`; forward lanes {lanes}")
     busy = per.pop("machine busy")
     cost = ", ".join(f"{name} {ms:.3f}" for name, ms in per.items())
@@ -227,7 +232,7 @@ def stages_main(args: argparse.Namespace) -> None:
                 time.sleep(0.05)
         notes = [(stage, t) for stage, t in json.loads(notes_file.read_text()) if t >= start]
     ms = stage_medians(notes)
-    rate = (result["requests"] - result["status"]) / (result["duration_us"] / 1e6)
+    rate = answered_per_second(result)
     rows = [[what, who, f"{ms[stage]:.3f}"] for stage, what, who in STAGE_ROWS]
     rows.append(["the whole cycle (request in -> the next in)", "", f"{ms['cycle']:.3f}"])
     print(f"{machine()}; `{command_line()}`")

@@ -128,12 +128,10 @@ def command(setup: str, port: int, model: str, flags: Sequence[str] = ()) -> tup
     """The command line and extra environment that start `setup` on 127.0.0.1:port."""
     if setup in SERVICE:
         env = {"LMSERVE_MAX_BATCH_SEQUENCES": "1"} if setup == "no-batching" else {}
-        module = (
-            ["benchmarks.instrumented", "--bare"] if setup in OUR_SETUPS and OUR_SETUPS[setup].bare else ["service"]
-        )
+        ours = OUR_SETUPS.get(setup)
+        module = ["benchmarks.instrumented", "--bare"] if ours is not None and ours.bare else ["service"]
         cmd = [sys.executable, "-m", *module, "--model", model, "--port", str(port), "--log-level", "warning"]
-        if setup in OUR_SETUPS:  # as it is described, whatever the environment says
-            ours = OUR_SETUPS[setup]
+        if ours is not None:  # as it is described, whatever the environment says
             if ours.workers > 1:
                 cmd += ["--workers", str(ours.workers)]
             if ours.threads is not None:

@@ -209,9 +209,9 @@ def choice(
         offset = 0 if prompt.primed else 1
         # As Python numbers once (one conversion each, not one tensor op per token).
         values = scores.logprobs.tolist() if scores is not None else []
-        tops = k and scores is not None and scores.top_logprobs is not None and scores.top_ids is not None
-        top_values = scores.top_logprobs.tolist() if tops else None  # type: ignore[union-attr]
-        top_ids = scores.top_ids.tolist() if tops else None  # type: ignore[union-attr]
+        top_values = top_ids = None  # logprobs 0 (or no scores): no alternatives
+        if k and scores is not None and scores.top_logprobs is not None and scores.top_ids is not None:
+            top_values, top_ids = scores.top_logprobs.tolist(), scores.top_ids.tolist()
         for j, token in enumerate(prompt.tokens):
             at = j - 1 + offset  # the row of scores that predicts this token
             if j == 0 or scores is None:
@@ -219,7 +219,7 @@ def choice(
                 continue
             value = values[at]
             top = top_alternatives(
-                top_values[at] if top_values is not None else [],  # logprobs 0: none
+                top_values[at] if top_values is not None else [],
                 top_ids[at] if top_ids is not None else [],
                 itos,
                 token,
